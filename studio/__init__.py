@@ -1,0 +1,3 @@
+"""studio: a local Stable Diffusion studio whose first promise is reproducibility."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,186 @@
+"""Finding, hashing and loading models: built-in demo models, diffusers folders, single-file checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from studio.errors import StudioError
+from studio.fsutil import atomic_write_bytes
+from studio.models import demo, families
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    kind: Literal["builtin", "diffusers", "single_file"]
+    path: Path
+    family: str
+    config: Path | None = None  # architecture folder beside a single file (overrides the family's)
+
+    @property
+    def untrained(self) -> bool:
+        return self.kind == "builtin"
+
+
+def short_hash(sha256: str) -> str:
+    """A1111's short model hash: the first 10 hex digits of the full sha256."""
+    return sha256[:10]
+
+
+class ModelRegistry:
+    def __init__(self, models_dir: Path, cache_dir: Path, allow_unsafe_pickle: bool = False):
+        self.models_dir = Path(models_dir)
+        self.cache_dir = Path(cache_dir)
+        self.allow_unsafe_pickle = allow_unsafe_pickle
+
+    # -- finding ---------------------------------------------------------------------------
+    def available(self) -> list[str]:
+        """Names that can be picked: the built-ins, then what the models folder holds."""
+        names = list(demo.BUILTINS)
+        if self.models_dir.is_dir():
+            for p in sorted(self.models_dir.iterdir()):
+                if p.is_dir() and (p / "model_index.json").is_file():
+                    names.append(p.name)
+                elif p.is_file() and p.suffix.lower() in SAFE_SUFFIXES + PICKLE_SUFFIXES:
+                    names.append(p.name)
+        return names
+
+    def resolve(self, spec: str) -> ModelSource:
+        if spec in demo.BUILTINS:
+            return ModelSource(spec, "builtin", self.cache_dir / "builtin" / demo.folder_name(spec),
+                               demo.BUILTINS[spec].family)
+        path = Path(spec).expanduser()
+        if not path.exists() and not path.is_absolute() and (self.models_dir / spec).exists():
+            path = self.models_dir / spec
+        if not path.exists():
+            choices = ", ".join(self.available())
+            raise StudioError(f"model {spec!r} not found (looked in . and {self.models_dir}); pick one of: {choices}")
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise StudioError(f"{path} is a folder without model_index.json; give a diffusers folder or a .safetensors file")
+            return ModelSource(path.name, "diffusers", path, _folder_family(path))
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            if not self.allow_unsafe_pickle:
+                raise StudioError(
+                    f"{path.name} is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, "
+                    "or pass --allow-unsafe-pickle to load it with torch.load(weights_only=True)"
+                )
+            keys = _pickle_keys(path)
+        elif suffix in SAFE_SUFFIXES:
+            keys = _safetensors_keys(path)
+        else:
+            raise StudioError(f"{path.name}: unsupported model file type {suffix or '(none)'}; use .safetensors")
+        family = families.detect_family(keys)
+        families.check_keys(family, keys)
+        # Like A1111's `model.yaml` beside a checkpoint: `model.config/` (a diffusers-layout folder
+        # of configs and tokenizers, no weights) describes an architecture other than the family's.
+        sidecar = path.parent / (path.stem + ".config")
+        config = sidecar if (sidecar / "model_index.json").is_file() else None
+        return ModelSource(path.name, "single_file", path, family, config)
+
+    # -- hashing ---------------------------------------------------------------------------
+    def sha256(self, source: ModelSource) -> str:
+        self.ensure_built(source)
+        if source.path.is_file():
+            return self._file_sha256(source.path)
+        # A folder's hash covers every file (configs decide the architecture, weights the values).
+        h = hashlib.sha256()
+        for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
+            h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
+            h.update(self._file_sha256(f).encode() + b"\n")
+        return h.hexdigest()
+
+    def _file_sha256(self, path: Path) -> str:
+        st = path.stat()
+        cache_file = self.cache_dir / "hashes.json"
+        key = str(path.resolve())
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+        hit = cache.get(key)
+        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+            return hit["sha256"]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+        atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
+        return digest
+
+    # -- loading ---------------------------------------------------------------------------
+    def ensure_built(self, source: ModelSource) -> None:
+        if source.kind == "builtin" and not (source.path / "model_index.json").is_file():
+            demo.build(source.name, source.path, self.cache_dir)
+
+    def load(self, source: ModelSource):
+        """The diffusers pipeline for ``source`` on CPU in fp32, loaded with no network access."""
+        import diffusers
+
+        self.ensure_built(source)
+        if source.kind in ("builtin", "diffusers"):
+            index = json.loads((source.path / "model_index.json").read_text())
+            cls = getattr(diffusers, index["_class_name"])
+            try:
+                return cls.from_pretrained(str(source.path), local_files_only=True, safety_checker=None,
+                                           requires_safety_checker=False) if "safety_checker" in index else \
+                    cls.from_pretrained(str(source.path), local_files_only=True)
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise StudioError(f"cannot load diffusers folder {source.path}: {_first_line(exc)}") from None
+        config = source.config or families.config_dir(source.family, self.cache_dir)
+        cls = diffusers.StableDiffusionXLPipeline if source.family == "sdxl" else diffusers.StableDiffusionPipeline
+        try:
+            return cls.from_single_file(str(source.path), config=str(config), local_files_only=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise StudioError(f"cannot load {source.path.name} as {source.family}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _folder_family(path: Path) -> str:
+    index = json.loads((path / "model_index.json").read_text())
+    if "XL" in index.get("_class_name", ""):
+        return "sdxl"
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text())
+    except (OSError, ValueError):
+        return "sd1"
+    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for every kind of corruption
+        raise StudioError(f"{path.name} is not a readable safetensors file ({_first_line(exc)}); re-download or re-convert it") from None
+
+
+def _pickle_keys(path: Path) -> list[str]:
+    import torch
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise StudioError(f"{path.name} could not be read as a weights-only checkpoint ({_first_line(exc)})") from None
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise StudioError(f"{path.name} does not hold a state dict")
+    return list(state)
+

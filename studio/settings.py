@@ -1,0 +1,118 @@
+"""Validated settings: what a user asks for (GenerationRequest) and where the app keeps things (AppConfig).
+
+Every model forbids unknown keys: a typo in a preset or a request is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from studio.engine.samplers import SAMPLERS
+from studio.errors import StudioError
+
+DType = Literal["fp32", "fp16", "bf16"]
+SeedMode = Literal["fixed", "increment", "random"]
+NoiseSource = Literal["cpu", "device"]
+MAX_SEED = 2**32 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Precision(_Strict):
+    text: DType = "fp32"
+    unet: DType = "fp32"
+    vae: DType = "fp32"
+
+
+class BackendSpec(_Strict):
+    name: Literal["torch", "openvino"] = "torch"
+    device: str = "cpu"
+    ov_mode: Literal["performance", "accuracy"] = "accuracy"
+
+
+class GenerationRequest(_Strict):
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED, description="None, or seed_mode random, draws a new seed")
+    seed_mode: SeedMode = "fixed"
+    batch: int = Field(default=1, ge=1, le=16)
+    steps: int = Field(default=30, ge=1, le=150)
+    cfg: float = Field(default=7.0, ge=0.0, le=30.0)
+    sampler: str = "dpmpp_2m_sde_karras"
+    width: Optional[int] = None
+    height: Optional[int] = None
+    model: str = "tiny"
+    backend: BackendSpec = BackendSpec()
+    noise_source: NoiseSource = "cpu"
+    deterministic: bool = False
+    expansion: bool = False
+    precision: Precision = Precision()
+    chunk_policy: str = "exact"
+    lru: int = Field(default=3, ge=1, le=64)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v: str) -> str:
+        if v not in SAMPLERS:
+            raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, v: Optional[int]) -> Optional[int]:
+        if v is not None and (v % 8 or not 64 <= v <= 2048):
+            raise ValueError(f"{v} must be a multiple of 8 between 64 and 2048")
+        return v
+
+    @field_validator("chunk_policy")
+    @classmethod
+    def _chunk_policy(cls, v: str) -> str:
+        if v != "exact" and not re.fullmatch(r"pad:([1-9]|1[0-9]|20)", v):
+            raise ValueError("use 'exact' or 'pad:N' with N from 1 to 20")
+        return v
+
+
+class AppConfig(_Strict):
+    """Where studio keeps models, outputs and caches; built once at start-up and passed down."""
+
+    models_dir: Path = Path("models")
+    output_dir: Path = Path("outputs")
+    cache_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/studio")))
+    allow_unsafe_pickle: bool = False
+
+    @classmethod
+    def from_env(cls, **overrides) -> "AppConfig":
+        """Defaults, then STUDIO_* environment variables, then explicit overrides (None = unset)."""
+        values: dict = {}
+        for field, env in (("models_dir", "STUDIO_MODELS_DIR"), ("output_dir", "STUDIO_OUTPUT_DIR"),
+                           ("cache_dir", "STUDIO_CACHE_DIR")):
+            if os.environ.get(env):
+                values[field] = Path(os.environ[env])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line naming the field and what is wrong with it."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "request"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def build_request(**values) -> GenerationRequest:
+    try:
+        return GenerationRequest(**values)
+    except ValidationError as exc:
+        raise StudioError(validation_message(exc)) from None
