@@ -184,3 +184,19 @@ def _pickle_keys(path: Path) -> list[str]:
         raise StudioError(f"{path.name} does not hold a state dict")
     return list(state)
 
+
+
+def architecture(source: ModelSource, cache_dir: Path) -> dict:
+    """Default image size and latent layout, read from configs only (no weights are loaded)."""
+    if source.kind == "single_file":
+        folder = source.config or families.config_dir(source.family, cache_dir)
+    else:
+        folder = source.path
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
+    return {
+        "default_size": int(unet["sample_size"]) * vae_scale,
+        "vae_scale": vae_scale,
+        "latent_channels": int(unet["in_channels"]),
+    }

@@ -1,0 +1,109 @@
+"""Eager PyTorch on CPU or CUDA, through the diffusers pipeline."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Callable, Optional
+
+from studio.backends.base import BackendOutput, StepCallback
+from studio.engine.plan import Plan, ResolvedBackend
+from studio.engine.samplers import make_scheduler, sampler_spec
+from studio.errors import StudioError
+from studio.settings import GenerationRequest
+
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+
+
+def resolve_device(asked: str) -> str:
+    """A torch device name that exists here, or a StudioError naming those that do."""
+    import torch
+
+    name = {"CPU": "cpu", "GPU": "cuda"}.get(asked, asked).lower()
+    devices = available_devices()
+    if name == "cpu":
+        return "cpu"
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise StudioError(f"device {asked!r} was asked for but torch sees no GPU here; devices: {', '.join(devices)}")
+        index = int(name.split(":", 1)[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise StudioError(f"device {asked!r} does not exist; devices: {', '.join(devices)}")
+        return f"cuda:{index}"
+    raise StudioError(f"unknown torch device {asked!r}; devices: {', '.join(devices)}")
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, max_pipelines: int = 1):
+        self._pipelines: OrderedDict[tuple, Any] = OrderedDict()
+        self._max = max_pipelines
+
+    def resolve(self, request: GenerationRequest) -> ResolvedBackend:
+        device = resolve_device(request.backend.device)
+        precision = request.precision.model_dump()
+        if device == "cpu":
+            half = [c for c, d in precision.items() if d == "fp16"]
+            if half:
+                raise StudioError(
+                    f"fp16 is not supported on CPU ({', '.join(half)}); use fp32 or bf16 on CPU, or a CUDA device"
+                )
+        return ResolvedBackend(name=self.name, device=device, mode=None, precision=precision)
+
+    def generator_device(self, resolved: ResolvedBackend) -> str:
+        return resolved.device
+
+    def predict_compile(self, request, width, height, chunks):
+        return None  # eager: nothing is compiled
+
+    def _pipeline(self, plan: Plan, load: Callable[[], Any]):
+        key = (plan.model.sha256, plan.backend.device, tuple(sorted(plan.backend.precision.items())))
+        if key in self._pipelines:
+            self._pipelines.move_to_end(key)
+            return self._pipelines[key]
+        while len(self._pipelines) >= self._max:
+            self._pipelines.popitem(last=False)
+        import torch
+
+        pipe = load()
+        dtypes = {c: getattr(torch, _TORCH_DTYPES[d]) for c, d in plan.backend.precision.items()}
+        pipe.to(plan.backend.device)
+        for component, attr in (("text", "text_encoder"), ("text", "text_encoder_2"), ("unet", "unet"), ("vae", "vae")):
+            module = getattr(pipe, attr, None)
+            if module is not None and module.dtype != dtypes[component]:
+                module.to(dtype=dtypes[component])
+        self._pipelines[key] = pipe
+        return pipe
+
+    def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
+        import sys
+
+        pipe = self._pipeline(plan, load_pipeline)
+        request = plan.request
+        pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe.scheduler.config, plan.seeds[0])
+        pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
+        callback = None
+        if on_step is not None:
+            def callback(_pipe, step, _t, kwargs):
+                on_step(step + 1, request.steps)
+                return kwargs
+        out = pipe(
+            prompt=plan.prompt.prompt_final,
+            negative_prompt=plan.prompt.negative,
+            num_inference_steps=request.steps,
+            guidance_scale=request.cfg,
+            width=plan.width,
+            height=plan.height,
+            num_images_per_prompt=request.batch,
+            latents=latents.to(dtype=pipe.unet.dtype),
+            generator=generators,
+            output_type="np",
+            callback_on_step_end=callback,
+        )
+        return BackendOutput(images=out.images)

@@ -1,0 +1,225 @@
+"""The `studio` command line. It builds requests and shows results; the engine does the work.
+
+Contract (../shared/DESIGN.md): with --json exactly one JSON object on stdout; a user error is one
+`error: ...` line on stderr, exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from studio.errors import StudioError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own usage errors follow the same one-line contract
+        raise StudioError(message)
+
+
+def _add_generate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", action="append", help="a prompt; repeat for several jobs in one process")
+    p.add_argument("--prompt-file", type=Path, help="a file with one prompt a line")
+    p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--seed-mode", choices=["fixed", "increment", "random"])
+    p.add_argument("--batch", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--cfg", type=float)
+    p.add_argument("--sampler")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--model", help="tiny, tiny-sdxl, sd15-random, a name in the models folder, or a path")
+    p.add_argument("--backend", choices=["torch", "openvino"])
+    p.add_argument("--device")
+    p.add_argument("--ov-mode", choices=["performance", "accuracy"])
+    p.add_argument("--chunk-policy")
+    p.add_argument("--lru", type=int)
+    p.add_argument("--noise-source", choices=["cpu", "device"])
+    p.add_argument("--deterministic", action="store_true", default=None)
+    p.add_argument("--expansion", choices=["on", "off"])
+    p.add_argument("--dtype", action="append", default=[], metavar="COMPONENT=DTYPE",
+                   help="precision of text, unet or vae: fp32, fp16 or bf16 (repeatable)")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--models-dir", type=Path)
+    p.add_argument("--allow-unsafe-pickle", action="store_true", default=None,
+                   help="allow .ckpt/.pt/.bin pickles, loaded with torch.load(weights_only=True)")
+    p.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="studio", description="Reproducible Stable Diffusion")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_generate_flags(sub.add_parser("generate", help="make images"))
+    _add_generate_flags(sub.add_parser("plan", help="show what a generate would do, without running it"))
+    tokens = sub.add_parser("tokens", help="count CLIP tokens in 75-token chunks")
+    tokens.add_argument("text")
+    tokens.add_argument("--json", action="store_true")
+    models = sub.add_parser("models", help="list the models that can be picked")
+    models.add_argument("--models-dir", type=Path)
+    models.add_argument("--json", action="store_true")
+    return parser
+
+
+# -- flags → requests ------------------------------------------------------------------------------
+def _precision(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        component, sep, dtype = pair.partition("=")
+        if not sep or component not in ("text", "unet", "vae") or dtype not in ("fp32", "fp16", "bf16"):
+            raise StudioError(f"--dtype {pair!r}: use COMPONENT=DTYPE with COMPONENT text, unet or vae "
+                              "and DTYPE fp32, fp16 or bf16")
+        out[component] = dtype
+    return out
+
+
+def _prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file is not None:
+        try:
+            text = args.prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StudioError(f"cannot read prompt file {args.prompt_file}: {exc.strerror or exc}") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
+    return prompts or [""]
+
+
+def requests_from_args(args):
+    from studio.settings import build_request
+
+    values: dict = {}
+    simple = {"negative": "negative_prompt", "seed": "seed", "seed_mode": "seed_mode", "batch": "batch",
+              "steps": "steps", "cfg": "cfg", "sampler": "sampler", "width": "width", "height": "height",
+              "model": "model", "noise_source": "noise_source", "chunk_policy": "chunk_policy", "lru": "lru",
+              "deterministic": "deterministic"}
+    for flag, field in simple.items():
+        if getattr(args, flag) is not None:
+            values[field] = getattr(args, flag)
+    if args.expansion is not None:
+        values["expansion"] = args.expansion == "on"
+    backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode)) if v}
+    if backend:
+        values["backend"] = backend
+    if args.dtype:
+        values["precision"] = _precision(args.dtype)
+    return [build_request(**values, prompt=p) for p in _prompts(args)]
+
+
+def _config(args):
+    from studio.settings import AppConfig
+
+    return AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
+                              allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None))
+
+
+# -- commands ------------------------------------------------------------------------------------
+def _note_untrained(plan, quiet_stdout: bool) -> None:
+    if plan.model.untrained:
+        from studio.models.demo import UNTRAINED_NOTE
+
+        print(f"note: {plan.model.name} is a {UNTRAINED_NOTE}", file=sys.stderr)
+
+
+def cmd_generate(args) -> dict:
+    from studio.engine.engine import Engine
+    from studio.outputs import save_result
+
+    requests = requests_from_args(args)  # every job is validated before the first one runs
+    engine = Engine(_config(args))
+    jobs, totals = [], {"total_s": 0.0, "compile_s": 0.0, "steps": 0, "run_s": 0.0}
+    plan = None
+    carried_seed = None
+    for request in requests:
+        if carried_seed is not None:
+            request = request.model_copy(update={"seed": carried_seed})
+        plan = engine.plan(request)
+        if not jobs:
+            _note_untrained(plan, args.json)
+        result = engine.run(plan)
+        images = save_result(result, engine.config.output_dir)
+        carried_seed = engine.next_request(request, plan).seed
+        jobs.append({
+            "prompt": plan.prompt.prompt,
+            "prompt_final": plan.prompt.prompt_final,
+            "images": images,
+            "compile_events": result.compile_events,
+            "risks": [r.model_dump() for r in plan.risks],
+        })
+        t = result.timings
+        totals["total_s"] += t["total_s"]
+        totals["compile_s"] += t["compile_s"]
+        totals["steps"] += plan.request.steps
+        totals["run_s"] += t["total_s"] - t["compile_s"] - t["load_s"]
+        if not args.json:
+            for img in images:
+                print(f"{img['path']}  seed {img['seed']}  noise {img['noise_fingerprint']}")
+    return {
+        "jobs": jobs,
+        "model": {"name": plan.model.name, "sha256": plan.model.sha256, "untrained": plan.model.untrained},
+        "backend": {"name": plan.backend.name, "device": plan.backend.device, "mode": plan.backend.mode,
+                    "precision": plan.backend.precision},
+        "timings": {"total_s": round(totals["total_s"], 4), "compile_s": round(totals["compile_s"], 4),
+                    "steps_per_s": round(totals["steps"] / max(totals["run_s"], 1e-9), 4)},
+    }
+
+
+def cmd_plan(args) -> dict:
+    from studio.engine.engine import Engine
+
+    requests = requests_from_args(args)
+    if len(requests) > 1:
+        raise StudioError("plan takes one prompt; give --prompt once")
+    plan = Engine(_config(args)).plan(requests[0])
+    _note_untrained(plan, args.json)
+    return plan.to_json_dict()
+
+
+def cmd_tokens(args) -> dict:
+    from studio.models.tokenizer import clip_tokenizer
+    from studio.prompts.chunking import count_tokens
+
+    count = count_tokens(args.text, clip_tokenizer(str(_config(args).cache_dir)))
+    if not args.json:
+        print(count.label())
+    return count.as_dict()
+
+
+def cmd_models(args) -> dict:
+    from studio.models.registry import ModelRegistry
+
+    config = _config(args)
+    names = ModelRegistry(config.models_dir, config.cache_dir).available()
+    if not args.json:
+        print("\n".join(names))
+    return {"models": names, "models_dir": str(config.models_dir)}
+
+
+COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from studio.runtime import prepare_process
+
+    prepare_process()
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("generate", "plan"):
+            from studio.runtime import quiet_libraries
+
+            quiet_libraries()
+        output = COMMANDS[args.command](args)
+    except StudioError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(output, ensure_ascii=False))
+    elif args.command == "plan":
+        print(json.dumps(output, indent=2, ensure_ascii=False))
+    return 0

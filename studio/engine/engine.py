@@ -1,0 +1,140 @@
+"""The engine: turns requests into Plans and Plans into images. It owns the backends."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from studio import __version__
+from studio.backends.base import Backend, StepCallback
+from studio.engine import noise
+from studio.engine.plan import ModelInfo, NoisePlan, Plan, PromptPlan
+from studio.engine.samplers import sampler_spec
+from studio.errors import StudioError
+from studio.models.registry import ModelRegistry, ModelSource, architecture, short_hash
+from studio.models.tokenizer import clip_tokenizer
+from studio.prompts.chunking import count_tokens
+from studio.repro import risks
+from studio.settings import AppConfig, GenerationRequest
+
+
+@dataclass
+class Result:
+    plan: Plan
+    images: Any  # numpy float32 N×H×W×3 in 0..1, before 8-bit quantisation
+    fingerprints: list[str]
+    timings: dict
+    compile_events: list[dict] = field(default_factory=list)
+
+    def pil_images(self):
+        import numpy as np
+        from PIL import Image
+
+        return [Image.fromarray((img * 255).round().clip(0, 255).astype(np.uint8)) for img in self.images]
+
+
+class Engine:
+    def __init__(self, config: AppConfig):
+        self.config = config
+        self.registry = ModelRegistry(config.models_dir, config.cache_dir, config.allow_unsafe_pickle)
+        self._backends: dict[str, Backend] = {}
+        self._model: tuple[str, Any] | None = None  # (sha256, CPU fp32 pipeline): one model held at a time
+
+    # -- parts -------------------------------------------------------------------------------
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            if name == "torch":
+                from studio.backends.torch_backend import TorchBackend
+
+                self._backends[name] = TorchBackend()
+            else:
+                raise StudioError(f"backend {name!r} is not available in this version; use --backend torch")
+        return self._backends[name]
+
+    def tokenizer(self):
+        return clip_tokenizer(str(self.config.cache_dir))
+
+    def _model_info(self, source: ModelSource) -> ModelInfo:
+        sha = self.registry.sha256(source)
+        return ModelInfo(name=source.name, kind=source.kind, family=source.family, sha256=sha,
+                         short_hash=short_hash(sha), untrained=source.untrained)
+
+    # -- request → plan ------------------------------------------------------------------------
+    def plan(self, request: GenerationRequest) -> Plan:
+        """Resolve everything that decides the pixels; raises StudioError before anything runs."""
+        # 1. model and backend: both fail early and clearly
+        source = self.registry.resolve(request.model)
+        model = self._model_info(source)
+        backend = self.backend(request.backend.name)
+        resolved = backend.resolve(request)
+        # 2. seeds: one per image
+        if request.seed is None or request.seed_mode == "random":
+            request = request.model_copy(update={"seed": noise.draw_seed()})
+        seeds = noise.image_seeds(request.seed, request.batch)
+        # 3. size and latent layout
+        arch = architecture(source, self.config.cache_dir)
+        width = request.width or arch["default_size"]
+        height = request.height or arch["default_size"]
+        if width % arch["vae_scale"] or height % arch["vae_scale"]:
+            raise StudioError(f"width and height must be multiples of {arch['vae_scale']} for this model")
+        latent_shape = [arch["latent_channels"], height // arch["vae_scale"], width // arch["vae_scale"]]
+        generator_device = "cpu" if request.noise_source == "cpu" else backend.generator_device(resolved)
+        # 4. prompt
+        tok = self.tokenizer()
+        pos, neg = count_tokens(request.prompt, tok), count_tokens(request.negative_prompt, tok)
+        prompt = PromptPlan(prompt=request.prompt, prompt_final=request.prompt, negative=request.negative_prompt,
+                            tokens=pos.tokens, chunks=pos.chunks, negative_tokens=neg.tokens,
+                            negative_chunks=neg.chunks)
+        # 5. compile prediction and risks
+        compile_plan = backend.predict_compile(request, width, height, max(pos.chunks, neg.chunks))
+        spec = sampler_spec(request.sampler)
+        return Plan(
+            studio_version=__version__, request=request, seeds=seeds, width=width, height=height,
+            sampler=spec.name, scheduler=spec.scheduler, stochastic_sampler=spec.stochastic,
+            noise=NoisePlan(source=request.noise_source, generator_device=generator_device, latent_shape=latent_shape),
+            model=model, backend=resolved, prompt=prompt,
+            risks=risks.assess(request, resolved, model, prompt, generator_device), compile=compile_plan,
+        )
+
+    def next_request(self, request: GenerationRequest, plan: Plan) -> GenerationRequest:
+        """The request for the run after ``plan``, as the seed mode says (fixed / increment / random)."""
+        if request.seed_mode == "increment":
+            return request.model_copy(update={"seed": (plan.seeds[-1] + 1) % 2**32})
+        if request.seed_mode == "fixed":
+            return request.model_copy(update={"seed": plan.request.seed})
+        return request
+
+    # -- plan → images ---------------------------------------------------------------------------
+    def _load_pipeline(self, plan: Plan):
+        if self._model is None or self._model[0] != plan.model.sha256:
+            self._model = None  # drop the old model before loading the next
+            self._model = (plan.model.sha256, self.registry.load(self.registry.resolve(plan.request.model)))
+        return self._model[1]
+
+    def run(self, plan: Plan, on_step: Optional[StepCallback] = None) -> Result:
+        start = time.perf_counter()
+        generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
+        latents = noise.initial_latents(generators, tuple(plan.noise.latent_shape), plan.backend.device)
+        fingerprints = noise.image_fingerprints(latents)
+        backend = self.backend(plan.backend.name)
+        load_s = 0.0
+
+        def load():
+            nonlocal load_s
+            t = time.perf_counter()
+            pipe = self._load_pipeline(plan)
+            load_s = time.perf_counter() - t
+            return pipe
+
+        output = backend.generate(plan, load, latents, generators, on_step)
+        total = time.perf_counter() - start
+        compile_s = sum(e.get("seconds", 0.0) for e in output.compile_events if e.get("kind") == "compile")
+        timings = {
+            "total_s": round(total, 4),
+            "load_s": round(load_s, 4),
+            "compile_s": round(compile_s, 4),
+            "steps_per_s": round(plan.request.steps / max(total - compile_s - load_s, 1e-9), 4),
+        }
+        return Result(plan=plan, images=output.images, fingerprints=fingerprints, timings=timings,
+                      compile_events=output.compile_events)

@@ -1,0 +1,30 @@
+"""Process-wide set-up done once by an entry point (CLI or app), never at import time."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+
+def prepare_process() -> None:
+    # Weights never come from a hub at run time; make every library know it before it looks.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    # Read by diffusers/transformers when they are first imported (some warn at import time).
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (loading bars, advice to install extras) that is not the user's business."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
