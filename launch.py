@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Set up and start studio: `python launch.py` (the app) or `python launch.py --test` (the tests).
+
+First run: makes .venv, installs studio and its pinned dependencies into it, then re-runs itself
+inside it. Later runs reinstall only when pyproject.toml has changed. Standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+STAMP = VENV / ".studio-installed"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _inside_venv() -> bool:
+    return Path(sys.prefix).resolve() == VENV.resolve()
+
+
+def _wanted_stamp() -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+
+
+def _run(cmd: list[str]) -> None:
+    print("+ " + " ".join(cmd), flush=True)
+    if subprocess.call(cmd, cwd=ROOT) != 0:
+        _fail(f"setup step failed: {' '.join(cmd)}; fix the message above and run `python launch.py` again")
+
+
+def ensure_installed() -> None:
+    if sys.version_info[:2] != (3, 11):
+        _fail(f"studio needs Python 3.11 (this is {sys.version.split()[0]}); run launch.py with python3.11")
+    if not PYTHON.exists():
+        print(f"Creating {VENV} ...", flush=True)
+        _run([sys.executable, "-m", "venv", str(VENV)])
+    if STAMP.exists() and STAMP.read_text().strip() == _wanted_stamp():
+        return
+    print("Installing studio and its dependencies into .venv (first run: several minutes) ...", flush=True)
+    _run([str(PYTHON), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
+    _run([str(PYTHON), "-m", "pip", "install", "--quiet", "--editable", ".[test]"])
+    STAMP.write_text(_wanted_stamp())
+
+
+def main(argv: list[str]) -> int:
+    if not _inside_venv():
+        ensure_installed()
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONNOUSERSITE="1")
+        os.execve(str(PYTHON), [str(PYTHON), str(Path(__file__).resolve()), *argv], env)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if argv[:1] == ["--test"]:
+        import pytest
+
+        os.chdir(ROOT)
+        return pytest.main(["-q", *argv[1:]], plugins=[])
+    from studio.ui.server import main as serve
+
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,79 @@
+"""`python launch.py` flags → a running Gradio server. Binds 127.0.0.1 unless told; a share link needs auth."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from studio.errors import StudioError
+
+DEFAULT_PORT = 7865  # Fooocus's
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise StudioError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python launch.py", description="Start the studio app")
+    p.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1", metavar="HOST",
+                   help="address to bind (default 127.0.0.1; --listen alone binds all interfaces)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--share", action="store_true", help="make a public Gradio link (needs --auth or --auth-file)")
+    p.add_argument("--auth", metavar="USER:PASS")
+    p.add_argument("--auth-file", type=Path, help="a file of user:pass lines")
+    p.add_argument("--preset", help="preset name or path")
+    p.add_argument("--model", help="model to start with (default tiny)")
+    p.add_argument("--output-dir", type=Path)
+    p.add_argument("--models-dir", type=Path)
+    p.add_argument("--allow-unsafe-pickle", action="store_true", default=None)
+    return p
+
+
+def parse_auth(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]]:
+    lines = []
+    if auth:
+        lines.append(auth)
+    if auth_file:
+        try:
+            lines += [ln.strip() for ln in auth_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StudioError(f"cannot read auth file {auth_file}: {exc}") from None
+    pairs = []
+    for line in lines:
+        user, sep, password = line.partition(":")
+        if not sep or not user or not password:
+            raise StudioError("auth must be user:pass with both parts non-empty")
+        pairs.append((user, password))
+    return pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    from studio.runtime import prepare_process
+
+    prepare_process()
+    try:
+        args = build_parser().parse_args(argv)
+        auth = parse_auth(args.auth, args.auth_file)
+        if args.share and not auth:
+            raise StudioError("--share makes the app public: give --auth user:pass or --auth-file FILE")
+        if args.preset:
+            raise StudioError("presets are not available in this version yet; start without --preset")
+        if not 1 <= args.port <= 65535:
+            raise StudioError(f"--port {args.port} is not a port number (1-65535)")
+        from studio.runtime import quiet_libraries
+        from studio.settings import AppConfig
+        from studio.ui.app import build_app
+
+        quiet_libraries()
+        config = AppConfig.from_env(models_dir=args.models_dir, output_dir=args.output_dir,
+                                    allow_unsafe_pickle=args.allow_unsafe_pickle)
+        app = build_app(config, model=args.model or "tiny")
+    except StudioError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    app.queue().launch(server_name=args.listen, server_port=args.port, share=args.share,
+                       auth=auth or None, inbrowser=False, show_error=True)
+    return 0

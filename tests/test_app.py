@@ -1,0 +1,75 @@
+"""The app as users reach it: a real Gradio server on 127.0.0.1, driven through its HTTP API."""
+
+import socket
+
+import pytest
+
+from studio.ui.server import main as serve
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(config):
+    from studio.runtime import prepare_process, quiet_libraries
+    from studio.ui.app import build_app
+
+    prepare_process()
+    quiet_libraries()
+    app = build_app(config, model="tiny")
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_generate_through_the_server(server, config):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    gallery, error, info, next_seed = client.predict(
+        "a lighthouse at dusk", "", 321, "increment", 2, 3, 7.0, "euler_a", 64, 64, "tiny", api_name="/generate")
+    assert error == ""
+    assert len(gallery) == 2
+    assert "`321`" in info and "`322`" in info
+    assert next_seed == 323  # increment mode moves past the batch
+    saved = sorted(p.name for p in config.output_dir.iterdir() if p.suffix == ".png")
+    assert any(name.endswith("_321.png") for name in saved)
+
+
+def test_bad_input_is_a_visible_message(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    _, error, _, _ = client.predict("x", "", 1, "fixed", 1, 3, 7.0, "euler", 65, 64, "tiny", api_name="/generate")
+    assert "error: width: 65 must be a multiple of 8" in error
+
+
+def test_token_counter_endpoint(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    assert client.predict(" ".join(["cat"] * 80), api_name="/token_label") == "80/150 · 2 chunks"
+
+
+def test_share_without_auth_is_refused(capsys):
+    assert serve(["--share"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --share makes the app public") and len(err.splitlines()) == 1
+
+
+def test_bad_auth_is_refused(capsys):
+    assert serve(["--auth", "nopassword"]) == 2
+    assert capsys.readouterr().err.startswith("error: auth must be user:pass")
+
+
+def test_default_bind_is_loopback():
+    from studio.ui.server import build_parser
+
+    assert build_parser().parse_args([]).listen == "127.0.0.1"
+    assert build_parser().parse_args(["--listen"]).listen == "0.0.0.0"
+    assert build_parser().parse_args([]).port == 7865

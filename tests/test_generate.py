@@ -1,0 +1,106 @@
+import json
+
+import numpy as np
+import pytest
+
+from studio.metadata.png import read_text_chunks
+from studio.outputs import save_result
+
+
+def test_same_request_twice_is_pixel_identical(engine, tiny_request):
+    plan = engine.plan(tiny_request(sampler="euler_a", batch=2))
+    a, b = engine.run(plan), engine.run(plan)
+    assert a.images.shape == (2, 64, 64, 3)
+    assert np.array_equal(a.images, b.images)
+    assert a.fingerprints == b.fingerprints
+    assert a.images.std() > 0.01  # an image, not a constant
+
+
+def test_different_seeds_differ(engine, tiny_request):
+    a = engine.run(engine.plan(tiny_request(seed=1)))
+    b = engine.run(engine.plan(tiny_request(seed=2)))
+    assert a.fingerprints != b.fingerprints
+    assert np.abs(a.images - b.images).max() > 0.05
+
+
+def test_image_of_a_batch_regenerates_alone(engine, tiny_request):
+    batch = engine.run(engine.plan(tiny_request(seed=40, batch=3, sampler="euler_a")))
+    alone = engine.run(engine.plan(tiny_request(seed=42, batch=1, sampler="euler_a")))
+    assert batch.plan.seeds == [40, 41, 42]
+    assert alone.fingerprints[0] == batch.fingerprints[2]  # the same initial noise, bit for bit
+    # The per-step noise is the image's own too; what is left is float32 BLAS rounding that
+    # depends on the batch size (~1e-6), far below one 8-bit level.
+    assert np.abs(alone.images[0] - batch.images[2]).max() < 1e-5
+    assert np.array_equal(alone.pil_images()[0], batch.pil_images()[2])
+
+
+def test_seed_modes(engine, tiny_request):
+    inc = tiny_request(seed=10, batch=2, seed_mode="increment")
+    plan = engine.plan(inc)
+    assert engine.next_request(inc, plan).seed == 12
+    fixed = tiny_request(seed=10, batch=2, seed_mode="fixed")
+    assert engine.next_request(fixed, engine.plan(fixed)).seed == 10
+    rnd = tiny_request(seed=None, seed_mode="random")
+    seeds = {engine.plan(rnd).request.seed for _ in range(4)}
+    assert len(seeds) > 1  # drawn anew, and recorded in the plan
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "heun", "lms", "ddim", "dpmpp_2m", "dpmpp_2m_karras",
+                                     "dpmpp_2m_sde", "dpmpp_2m_sde_karras", "dpmpp_sde", "uni_pc"])
+def test_every_sampler_runs_and_repeats(engine, tiny_request, sampler):
+    plan = engine.plan(tiny_request(sampler=sampler, steps=3))
+    a, b = engine.run(plan), engine.run(plan)
+    assert np.isfinite(a.images).all()
+    assert np.array_equal(a.images, b.images), f"{sampler} is not reproducible"
+
+
+def test_samplers_actually_differ(engine, tiny_request):
+    a = engine.run(engine.plan(tiny_request(sampler="euler")))
+    b = engine.run(engine.plan(tiny_request(sampler="euler_a")))
+    assert np.abs(a.images - b.images).max() > 1e-3
+
+
+def test_sdxl_tiny_generates(engine, tiny_request):
+    plan = engine.plan(tiny_request(model="tiny-sdxl", sampler="euler_a"))
+    assert plan.model.family == "sdxl"
+    a, b = engine.run(plan), engine.run(plan)
+    assert a.images.shape == (1, 64, 64, 3)
+    assert np.isfinite(a.images).all() and a.images.std() > 0.01
+    assert np.array_equal(a.images, b.images)
+
+
+def test_metadata_round_trip(engine, tiny_request, tmp_path):
+    from PIL import Image
+
+    result = engine.run(engine.plan(tiny_request(negative_prompt="ugly, blurry", batch=2, seed=77)))
+    saved = save_result(result, tmp_path)
+    assert [s["seed"] for s in saved] == [77, 78]
+    chunks = read_text_chunks(saved[1]["path"])
+    record = json.loads(chunks["studio"])
+    assert record["image"] == {"index": 1, "seed": 78, "noise_fingerprint": result.fingerprints[1]}
+    assert record["plan"] == result.plan.to_json_dict()
+    # The stored plan re-plans to the same image.
+    from studio.engine.plan import Plan
+
+    replay = engine.run(Plan.model_validate(record["plan"]))
+    assert np.array_equal(replay.images, result.images)
+    params = chunks["parameters"].split("\n")
+    assert params[0] == "a photograph of an astronaut riding a horse"
+    assert params[1] == "Negative prompt: ugly, blurry"
+    assert params[2].startswith("Steps: 4, Sampler: Euler, CFG scale: 7.0, Seed: 78, Size: 64x64, Model hash: "
+                                + result.plan.model.sha256[:10] + ", Model: tiny, ")
+    assert "RNG: CPU" in params[2] and params[2].endswith("Version: studio 0.1.0")
+    # the 8-bit pixels on disk are the quantised float image
+    on_disk = np.asarray(Image.open(saved[1]["path"]))
+    assert np.array_equal(on_disk, (result.images[1] * 255).round().astype(np.uint8))
+
+
+def test_files_are_never_overwritten(engine, tiny_request, tmp_path):
+    result = engine.run(engine.plan(tiny_request()))
+    paths = {save_result(result, tmp_path)[0]["path"] for _ in range(3)}
+    assert len(paths) == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_untrained_model_is_flagged(engine, tiny_request):
+    assert engine.plan(tiny_request()).model.untrained
