@@ -89,33 +89,23 @@ class ModelRegistry:
     # -- hashing ---------------------------------------------------------------------------
     def sha256(self, source: ModelSource) -> str:
         self.ensure_built(source)
-        if source.path.is_file():
-            return self._file_sha256(source.path)
-        # A folder's hash covers every file (configs decide the architecture, weights the values).
-        h = hashlib.sha256()
-        for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
-            h.update(self._file_sha256(f).encode() + b"\n")
-        return h.hexdigest()
-
-    def _file_sha256(self, path: Path) -> str:
-        st = path.stat()
         cache_file = self.cache_dir / "hashes.json"
-        key = str(path.resolve())
         try:
             cache = json.loads(cache_file.read_text())
         except (OSError, ValueError):
             cache = {}
-        hit = cache.get(key)
-        if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-            return hit["sha256"]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        digest = h.hexdigest()
-        cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
+        before = dict(cache)
+        if source.path.is_file():
+            digest = _file_sha256(source.path, cache)
+        else:
+            # A folder's hash covers every file (configs decide the architecture, weights the values).
+            h = hashlib.sha256()
+            for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
+                h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
+                h.update(_file_sha256(f, cache).encode() + b"\n")
+            digest = h.hexdigest()
+        if cache != before:
+            atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
         return digest
 
     # -- loading ---------------------------------------------------------------------------
@@ -124,7 +114,15 @@ class ModelRegistry:
             demo.build(source.name, source.path, self.cache_dir)
 
     def load(self, source: ModelSource):
-        """The diffusers pipeline for ``source`` on CPU in fp32, loaded with no network access."""
+        """The diffusers pipeline for ``source`` on CPU in fp32, loaded with no network access.
+
+        Weights are copied into memory of their own: a memory-mapped safetensors tensor may sit at an
+        address only 8-byte aligned, and CPU matmul kernels then round differently (~5e-7 seen with
+        bit-identical weights), so the image would depend on the file's layout, not only its values.
+        """
+        return _own_memory(self._load(source))
+
+    def _load(self, source: ModelSource):
         import diffusers
 
         self.ensure_built(source)
@@ -143,6 +141,34 @@ class ModelRegistry:
             return cls.from_single_file(str(source.path), config=str(config), local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise StudioError(f"cannot load {source.path.name} as {source.family}: {_first_line(exc)}") from None
+
+
+def _own_memory(pipe):
+    import torch
+
+    with torch.no_grad():
+        for attr in ("text_encoder", "text_encoder_2", "unet", "vae"):
+            module = getattr(pipe, attr, None)
+            if module is None:
+                continue
+            for t in [*module.parameters(), *module.buffers()]:
+                t.data = t.data.clone()
+    return pipe
+
+
+def _file_sha256(path: Path, cache: dict) -> str:
+    """Full sha256 of a file, reused from ``cache`` while its size and mtime are unchanged."""
+    st = path.stat()
+    key = str(path.resolve())
+    hit = cache.get(key)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    return cache[key]["sha256"]
 
 
 def _first_line(exc: BaseException) -> str:
