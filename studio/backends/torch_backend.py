@@ -100,7 +100,7 @@ class TorchBackend:
             guidance_scale=request.cfg,
             width=plan.width,
             height=plan.height,
-            num_images_per_prompt=request.batch,
+            num_images_per_prompt=len(generators),
             latents=latents.to(dtype=pipe.unet.dtype),
             generator=generators,
             output_type="np",

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
+
 from studio import __version__
 from studio.backends.base import Backend, StepCallback
 from studio.engine import noise
@@ -28,7 +30,6 @@ class Result:
     compile_events: list[dict] = field(default_factory=list)
 
     def pil_images(self):
-        import numpy as np
         from PIL import Image
 
         return [Image.fromarray((img * 255).round().clip(0, 255).astype(np.uint8)) for img in self.images]
@@ -127,14 +128,22 @@ class Engine:
             load_s = time.perf_counter() - t
             return pipe
 
-        output = backend.generate(plan, load, latents, generators, on_step)
+        # Images run one at a time: batched matmuls round differently from single ones (~1e-6 on
+        # CPU BLAS), which would make image i of a batch differ from the same seed run alone.
+        outputs = []
+        steps = plan.request.steps
+        for i, generator in enumerate(generators):
+            step_cb = None if on_step is None else (lambda s, _n, i=i: on_step(i * steps + s, steps * len(generators)))
+            outputs.append(backend.generate(plan, load, latents[i : i + 1], [generator], step_cb))
+        images = np.concatenate([o.images for o in outputs])
+        compile_events = [e for o in outputs for e in o.compile_events]
         total = time.perf_counter() - start
-        compile_s = sum(e.get("seconds", 0.0) for e in output.compile_events if e.get("kind") == "compile")
+        compile_s = sum(e.get("seconds", 0.0) for e in compile_events if e.get("kind") == "compile")
         timings = {
             "total_s": round(total, 4),
             "load_s": round(load_s, 4),
             "compile_s": round(compile_s, 4),
-            "steps_per_s": round(plan.request.steps / max(total - compile_s - load_s, 1e-9), 4),
+            "steps_per_s": round(steps * len(generators) / max(total - compile_s - load_s, 1e-9), 4),
         }
-        return Result(plan=plan, images=output.images, fingerprints=fingerprints, timings=timings,
-                      compile_events=output.compile_events)
+        return Result(plan=plan, images=images, fingerprints=fingerprints, timings=timings,
+                      compile_events=compile_events)
