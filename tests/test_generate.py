@@ -103,3 +103,24 @@ def test_files_are_never_overwritten(engine, tiny_request, tmp_path):
 
 def test_untrained_model_is_flagged(engine, tiny_request):
     assert engine.plan(tiny_request()).model.untrained
+
+
+def test_precision_switch_does_not_leak_into_fp32(engine, tiny_request):
+    fp32 = engine.run(engine.plan(tiny_request(seed=5)))
+    bf16 = engine.run(engine.plan(tiny_request(seed=5, precision={"unet": "bf16", "text": "bf16", "vae": "bf16"})))
+    again = engine.run(engine.plan(tiny_request(seed=5)))
+    assert np.abs(bf16.images - fp32.images).max() > 0  # bf16 really ran
+    assert np.array_equal(again.images, fp32.images)  # and fp32 weights were not rounded through bf16
+    assert {r.code for r in bf16.plan.risks} >= {"vae_not_fp32", "reduced_precision"}
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+@pytest.mark.parametrize("component", ["text", "unet", "vae"])
+def test_one_component_in_bf16(engine, tiny_request, model, component):
+    fp32 = engine.run(engine.plan(tiny_request(model=model, seed=3, steps=2)))
+    plan = engine.plan(tiny_request(model=model, seed=3, steps=2, precision={component: "bf16"}))
+    assert plan.backend.precision[component] == "bf16"
+    mixed = engine.run(plan)
+    assert np.isfinite(mixed.images).all()
+    diff = np.abs(mixed.images - fp32.images).max()
+    assert 0 < diff < 0.2  # the component really ran in bf16, and the image is still the same picture

@@ -6,12 +6,11 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from studio.backends.base import BackendOutput, StepCallback
+from studio.engine import precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
 from studio.settings import GenerationRequest
-
-_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def available_devices() -> list[str]:
@@ -47,14 +46,14 @@ class TorchBackend:
 
     def resolve(self, request: GenerationRequest) -> ResolvedBackend:
         device = resolve_device(request.backend.device)
-        precision = request.precision.model_dump()
+        dtypes = request.precision.model_dump()
         if device == "cpu":
-            half = [c for c, d in precision.items() if d == "fp16"]
+            half = [c for c, d in dtypes.items() if d == "fp16"]
             if half:
                 raise StudioError(
                     f"fp16 is not supported on CPU ({', '.join(half)}); use fp32 or bf16 on CPU, or a CUDA device"
                 )
-        return ResolvedBackend(name=self.name, device=device, mode=None, precision=precision)
+        return ResolvedBackend(name=self.name, device=device, mode=None, precision=dtypes)
 
     def generator_device(self, resolved: ResolvedBackend) -> str:
         return resolved.device
@@ -68,16 +67,10 @@ class TorchBackend:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
         while len(self._pipelines) >= self._max:
-            self._pipelines.popitem(last=False)
-        import torch
-
+            self._pipelines.popitem(last=False)  # drop the old one before loading the next
         pipe = load()
-        dtypes = {c: getattr(torch, _TORCH_DTYPES[d]) for c, d in plan.backend.precision.items()}
         pipe.to(plan.backend.device)
-        for component, attr in (("text", "text_encoder"), ("text", "text_encoder_2"), ("unet", "unet"), ("vae", "vae")):
-            module = getattr(pipe, attr, None)
-            if module is not None and module.dtype != dtypes[component]:
-                module.to(dtype=dtypes[component])
+        precision.apply(pipe, plan.backend.precision)
         self._pipelines[key] = pipe
         return pipe
 
@@ -101,7 +94,7 @@ class TorchBackend:
             width=plan.width,
             height=plan.height,
             num_images_per_prompt=len(generators),
-            latents=latents.to(dtype=pipe.unet.dtype),
+            latents=latents,  # fp32: the scheduler's arithmetic stays fp32 whatever the UNet runs in
             generator=generators,
             output_type="np",
             callback_on_step_end=callback,

@@ -40,7 +40,6 @@ class Engine:
         self.config = config
         self.registry = ModelRegistry(config.models_dir, config.cache_dir, config.allow_unsafe_pickle)
         self._backends: dict[str, Backend] = {}
-        self._model: tuple[str, Any] | None = None  # (sha256, CPU fp32 pipeline): one model held at a time
 
     # -- parts -------------------------------------------------------------------------------
     def backend(self, name: str) -> Backend:
@@ -107,12 +106,6 @@ class Engine:
         return request
 
     # -- plan → images ---------------------------------------------------------------------------
-    def _load_pipeline(self, plan: Plan):
-        if self._model is None or self._model[0] != plan.model.sha256:
-            self._model = None  # drop the old model before loading the next
-            self._model = (plan.model.sha256, self.registry.load(self.registry.resolve(plan.request.model)))
-        return self._model[1]
-
     def run(self, plan: Plan, on_step: Optional[StepCallback] = None) -> Result:
         start = time.perf_counter()
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
@@ -124,7 +117,9 @@ class Engine:
         def load():
             nonlocal load_s
             t = time.perf_counter()
-            pipe = self._load_pipeline(plan)
+            # A fresh CPU fp32 copy each time a backend asks: backends cache what they prepared
+            # (moved, cast, compiled), and a cast must never leak into another precision's run.
+            pipe = self.registry.load(self.registry.resolve(plan.request.model))
             load_s = time.perf_counter() - t
             return pipe
 
