@@ -148,6 +148,7 @@ def cmd_generate(args) -> dict:
             "images": images,
             "compile_events": result.compile_events,
             "risks": [r.model_dump() for r in plan.risks],
+            "notes": result.notes,
         })
         t = result.timings
         totals["total_s"] += t["total_s"]

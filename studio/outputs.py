@@ -15,7 +15,7 @@ def save_result(result: Result, out_dir: Path) -> list[dict]:
     saved = []
     for i, image in enumerate(result.pil_images()):
         seed = result.plan.seeds[i]
-        data = encode_png(image, result.plan, i, result.fingerprints[i])
+        data = encode_png(image, result.plan, i, result.fingerprints[i], result.notes)
         path = write_new_file(Path(out_dir), f"{stamp}_{seed}", ".png", data)
         saved.append({"path": str(path), "seed": seed, "noise_fingerprint": result.fingerprints[i],
                       "width": image.width, "height": image.height})

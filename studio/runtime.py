@@ -15,6 +15,8 @@ def prepare_process() -> None:
     # Read by diffusers/transformers when they are first imported (some warn at import time).
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # cuBLAS reads this once, when CUDA starts; deterministic mode needs it then (engine/determinism.py).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
 

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from studio.engine.samplers import SAMPLERS
+from studio.engine.samplers import SAMPLERS, split_alias, unknown_sampler_message
 from studio.errors import StudioError
 
 DType = Literal["fp32", "fp16", "bf16"]
@@ -60,8 +60,8 @@ class GenerationRequest(_Strict):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, v: str) -> str:
-        if v not in SAMPLERS:
-            raise ValueError(f"unknown sampler {v!r}; choose one of: {', '.join(SAMPLERS)}")
+        if split_alias(v)[0] not in SAMPLERS:
+            raise ValueError(unknown_sampler_message(v))
         return v
 
     @field_validator("width", "height")

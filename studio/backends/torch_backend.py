@@ -6,7 +6,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional
 
 from studio.backends.base import BackendOutput, StepCallback
-from studio.engine import precision
+from studio.engine import determinism, precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
@@ -69,6 +69,8 @@ class TorchBackend:
         while len(self._pipelines) >= self._max:
             self._pipelines.popitem(last=False)  # drop the old one before loading the next
         pipe = load()
+        # Every run builds its scheduler from the model's own config, never from the last sampler's.
+        pipe._studio_scheduler_config = dict(pipe.scheduler.config)
         pipe.to(plan.backend.device)
         precision.apply(pipe, plan.backend.precision)
         self._pipelines[key] = pipe
@@ -79,7 +81,9 @@ class TorchBackend:
 
         pipe = self._pipeline(plan, load_pipeline)
         request = plan.request
-        pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe.scheduler.config, plan.seeds[0])
+        determinism.apply(request.deterministic)
+        upcasts_before = getattr(pipe.vae, "_studio_upcasts", 0)
+        pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe._studio_scheduler_config, generators[0])
         pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
         callback = None
         if on_step is not None:
@@ -99,4 +103,8 @@ class TorchBackend:
             output_type="np",
             callback_on_step_end=callback,
         )
-        return BackendOutput(images=out.images)
+        notes = []
+        if getattr(pipe.vae, "_studio_upcasts", 0) > upcasts_before:
+            notes.append(f"vae_upcast: the {plan.backend.precision['vae']} VAE decode gave NaN or a flat image; "
+                         "decoded again in fp32")
+        return BackendOutput(images=out.images, notes=notes)

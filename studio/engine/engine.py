@@ -10,9 +10,9 @@ import numpy as np
 
 from studio import __version__
 from studio.backends.base import Backend, StepCallback
-from studio.engine import noise
+from studio.engine import determinism, noise
 from studio.engine.plan import ModelInfo, NoisePlan, Plan, PromptPlan
-from studio.engine.samplers import sampler_spec
+from studio.engine.samplers import sampler_spec, split_alias
 from studio.errors import StudioError
 from studio.models.registry import ModelRegistry, ModelSource, architecture, short_hash
 from studio.models.tokenizer import clip_tokenizer
@@ -28,6 +28,7 @@ class Result:
     fingerprints: list[str]
     timings: dict
     compile_events: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what happened that the plan did not say (e.g. a VAE upcast)
 
     def pil_images(self):
         from PIL import Image
@@ -79,7 +80,9 @@ class Engine:
         if width % arch["vae_scale"] or height % arch["vae_scale"]:
             raise StudioError(f"width and height must be multiples of {arch['vae_scale']} for this model")
         latent_shape = [arch["latent_channels"], height // arch["vae_scale"], width // arch["vae_scale"]]
-        generator_device = "cpu" if request.noise_source == "cpu" else backend.generator_device(resolved)
+        base_sampler, device_alias = split_alias(request.sampler)
+        noise_source = "device" if device_alias else request.noise_source
+        generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
         # 4. prompt
         tok = self.tokenizer()
         pos, neg = count_tokens(request.prompt, tok), count_tokens(request.negative_prompt, tok)
@@ -92,8 +95,9 @@ class Engine:
         return Plan(
             studio_version=__version__, request=request, seeds=seeds, width=width, height=height,
             sampler=spec.name, scheduler=spec.scheduler, stochastic_sampler=spec.stochastic,
-            noise=NoisePlan(source=request.noise_source, generator_device=generator_device, latent_shape=latent_shape),
-            model=model, backend=resolved, prompt=prompt,
+            noise=NoisePlan(source=noise_source, generator_device=generator_device, latent_shape=latent_shape,
+                            from_sampler_alias=device_alias),
+            model=model, backend=resolved, prompt=prompt, determinism=determinism.settings(request.deterministic),
             risks=risks.assess(request, resolved, model, prompt, generator_device), compile=compile_plan,
         )
 
@@ -132,6 +136,7 @@ class Engine:
             outputs.append(backend.generate(plan, load, latents[i : i + 1], [generator], step_cb))
         images = np.concatenate([o.images for o in outputs])
         compile_events = [e for o in outputs for e in o.compile_events]
+        notes = list(dict.fromkeys(n for o in outputs for n in o.notes))
         total = time.perf_counter() - start
         compile_s = sum(e.get("seconds", 0.0) for e in compile_events if e.get("kind") == "compile")
         timings = {
@@ -141,4 +146,4 @@ class Engine:
             "steps_per_s": round(steps * len(generators) / max(total - compile_s - load_s, 1e-9), 4),
         }
         return Result(plan=plan, images=images, fingerprints=fingerprints, timings=timings,
-                      compile_events=compile_events)
+                      compile_events=compile_events, notes=notes)

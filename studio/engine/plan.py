@@ -44,9 +44,10 @@ class PromptPlan(_Frozen):
 
 
 class NoisePlan(_Frozen):
-    source: str  # "cpu" or "device", as asked
+    source: str  # "cpu" or "device": what will run (a sampler's -gpu alias means "device")
     generator_device: str  # where the generators really live
     latent_shape: list[int]  # per image: channels, height, width
+    from_sampler_alias: bool = False  # the source came from a -gpu sampler name
 
 
 class Risk(_Frozen):
@@ -74,6 +75,7 @@ class Plan(_Frozen):
     model: ModelInfo
     backend: ResolvedBackend
     prompt: PromptPlan
+    determinism: dict
     risks: list[Risk]
     compile: Optional[CompilePlan] = None
 

@@ -51,11 +51,37 @@ def apply(pipe, precision: dict[str, str]) -> None:
                                          with_kwargs=True)
         module.register_forward_hook(lambda _m, _args, output: _cast_output(output, torch.float32))
         if attr == "vae":
-            # Pipelines call vae.decode(), not forward(): give it the same borders.
-            decode = module.decode
-
-            def decode_with_borders(*args, _decode=decode, _d=dtype, **kwargs):
-                return _cast_output(_decode(*_cast(args, _d), **_cast(kwargs, _d)), torch.float32)
-
-            module.decode = decode_with_borders
+            module.decode = _guarded_decode(module, module.decode, dtype)
         module._studio_borders = True
+
+
+def collapsed(sample) -> bool:
+    """A decode that failed in low precision: NaN/inf, or a flat image (all values within 1e-3)."""
+    import torch
+
+    return not bool(torch.isfinite(sample).all()) or float(sample.max() - sample.min()) < 1e-3
+
+
+def _guarded_decode(vae, decode, dtype):
+    """vae.decode with casting borders (pipelines call decode(), not forward()) and the low-precision guard:
+    a decode that collapsed is done again in fp32, and counted in ``vae._studio_upcasts``."""
+    import torch
+
+    vae._studio_upcasts = 0
+
+    def decode_as(d, args, kwargs):
+        return _cast_output(decode(*_cast(args, d), **_cast(kwargs, d)), torch.float32)
+
+    def decode_guarded(*args, **kwargs):
+        out = decode_as(dtype, args, kwargs)
+        sample = out[0] if isinstance(out, tuple) else out.sample
+        if dtype != torch.float32 and collapsed(sample):
+            vae.to(torch.float32)  # low-precision weights widen exactly, and narrow back exactly
+            try:
+                out = decode_as(torch.float32, args, kwargs)
+            finally:
+                vae.to(dtype)
+            vae._studio_upcasts += 1
+        return out
+
+    return decode_guarded

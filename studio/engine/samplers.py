@@ -40,19 +40,58 @@ SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 DEFAULT_SAMPLER = "dpmpp_2m_sde_karras"  # Fooocus's default: dpmpp_2m_sde with karras
 
 
+GPU_SUFFIX = "-gpu"
+
+
+def split_alias(name: str) -> tuple[str, bool]:
+    """Fooocus-style ``euler_a-gpu`` → (``euler_a``, True): the suffix means noise drawn on the device."""
+    if name.endswith(GPU_SUFFIX):
+        return name[: -len(GPU_SUFFIX)], True
+    return name, False
+
+
+def unknown_sampler_message(name: str) -> str:
+    return f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)} (a -gpu suffix draws noise on the device)"
+
+
 def sampler_spec(name: str) -> SamplerSpec:
     try:
-        return SAMPLERS[name]
+        return SAMPLERS[split_alias(name)[0]]
     except KeyError:
-        raise StudioError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}") from None
+        raise StudioError(unknown_sampler_message(name)) from None
 
 
-def make_scheduler(spec: SamplerSpec, base_config: dict, first_seed: int):
+def make_scheduler(spec: SamplerSpec, base_config: dict, generator):
+    """A fresh scheduler for one image. Its per-step noise, if any, comes from that image's generator."""
     import diffusers
+    import torch
 
-    cls = getattr(diffusers, spec.scheduler)
     options = dict(spec.options)
-    if spec.scheduler == "DPMSolverSDEScheduler":
-        # Its Brownian tree is seeded from the config; left unset it draws from the global RNG.
-        options["noise_sampler_seed"] = first_seed
-    return cls.from_config(base_config, **options)
+    if spec.scheduler != "DPMSolverSDEScheduler":
+        return getattr(diffusers, spec.scheduler).from_config(base_config, **options)
+    # dpmpp_sde draws from a Brownian tree, not from a generator: its entropy is drawn from the
+    # image's generator (left unset, diffusers would take it from the global RNG), and the tree
+    # lives on the generator's device so 'cpu' noise stays CPU noise on any execution device.
+    options["noise_sampler_seed"] = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+    return _sde_scheduler_class().from_config(base_config, **options).on_noise_device(generator.device)
+
+
+def _sde_scheduler_class():
+    from diffusers import DPMSolverSDEScheduler
+    from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+    class NoiseDeviceSDEScheduler(DPMSolverSDEScheduler):
+        def on_noise_device(self, device):
+            self._noise_device = device
+            return self
+
+        def step(self, model_output, timestep, sample, *args, **kwargs):
+            if self.noise_sampler is None:
+                sigmas = self.sigmas[self.sigmas > 0]
+                tree = BrownianTreeNoiseSampler(sample.to(self._noise_device, dtype=sample.dtype), sigmas.min().item(),
+                                                sigmas.max().item(), self.noise_sampler_seed)
+                self.noise_sampler = lambda s, s_next: tree(s, s_next).to(sample.device)
+            return super().step(model_output, timestep, sample, *args, **kwargs)
+
+    return NoiseDeviceSDEScheduler
+

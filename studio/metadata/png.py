@@ -15,16 +15,18 @@ STUDIO_CHUNK = "studio"
 A1111_CHUNK = "parameters"
 
 
-def studio_record(plan: Plan, index: int, fingerprint: str) -> dict:
-    return {"plan": plan.to_json_dict(), "image": {"index": index, "seed": plan.seeds[index],
-                                                   "noise_fingerprint": fingerprint}}
+def studio_record(plan: Plan, index: int, fingerprint: str, notes: list[str]) -> dict:
+    return {"plan": plan.to_json_dict(),
+            "image": {"index": index, "seed": plan.seeds[index], "noise_fingerprint": fingerprint},
+            "run": {"notes": notes}}
 
 
-def encode_png(image: Image.Image, plan: Plan, index: int, fingerprint: str) -> bytes:
+def encode_png(image: Image.Image, plan: Plan, index: int, fingerprint: str, notes: list[str] = ()) -> bytes:
     info = PngInfo()
     info.add_text(A1111_CHUNK, infotext(plan, index, fingerprint))
     # iTXt (UTF-8) so non-Latin prompts survive; compressed since a Plan is a few kB of JSON.
-    info.add_itxt(STUDIO_CHUNK, json.dumps(studio_record(plan, index, fingerprint), ensure_ascii=False), zip=True)
+    record = studio_record(plan, index, fingerprint, list(notes))
+    info.add_itxt(STUDIO_CHUNK, json.dumps(record, ensure_ascii=False), zip=True)
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return buf.getvalue()
