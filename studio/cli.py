@@ -56,6 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate_flags(sub.add_parser("generate", help="make images"))
     _add_generate_flags(sub.add_parser("plan", help="show what a generate would do, without running it"))
+    verify = sub.add_parser("verify", help="compare two images, two runs (--twice) or two backends (--against)")
+    verify.add_argument("images", nargs="*", type=Path, help="two images to compare")
+    verify.add_argument("--twice", action="store_true", help="run the generate flags twice and compare")
+    verify.add_argument("--against", metavar="BACKEND[:MODE]",
+                        help="run the generate flags on their backend and on this one, and compare")
+    verify.add_argument("--heatmap", type=Path, metavar="OUT.png", help="write an amplified difference heatmap")
+    verify.add_argument("--tolerance", type=float, default=None,
+                        help="largest difference (pixel values 0..1) still 'within_tolerance'; default 1/255")
+    _add_generate_flags(verify)
     tokens = sub.add_parser("tokens", help="count CLIP tokens in 75-token chunks")
     tokens.add_argument("text")
     tokens.add_argument("--json", action="store_true")
@@ -199,7 +208,61 @@ def cmd_models(args) -> dict:
     return {"models": names, "models_dir": str(config.models_dir)}
 
 
-COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models}
+def _against(spec: str, request):
+    name, _, mode = spec.partition(":")
+    if name not in ("torch", "openvino"):
+        raise StudioError(f"--against {spec!r}: use torch or openvino, optionally with :performance or :accuracy")
+    backend = {"name": name}
+    if name == "torch" and request.backend.name != "torch":
+        backend["device"] = "cpu"
+    if mode:
+        if mode not in ("performance", "accuracy"):
+            raise StudioError(f"--against {spec!r}: the mode must be performance or accuracy")
+        backend["ov_mode"] = mode
+    from studio.settings import build_request
+
+    return build_request(**{**request.model_dump(), "backend": {**request.backend.model_dump(), **backend}})
+
+
+def cmd_verify(args) -> dict:
+    from studio.repro.compare import ONE_LEVEL, compare_arrays, compare_images, write_heatmap
+
+    tolerance = ONE_LEVEL if args.tolerance is None else args.tolerance
+    if tolerance < 0:
+        raise StudioError("--tolerance must be 0 or more")
+    modes = sum([bool(args.images), args.twice, args.against is not None])
+    if modes != 1 or (args.images and len(args.images) != 2):
+        raise StudioError("give two images, or --twice, or --against BACKEND[:MODE] (with generate flags)")
+    if args.images:
+        result, a, b = compare_images(args.images[0], args.images[1], tolerance)
+        compared = f"{args.images[0]} vs {args.images[1]}"
+    else:
+        from studio.engine.engine import Engine
+
+        requests = requests_from_args(args)
+        if len(requests) > 1:
+            raise StudioError("verify takes one prompt; give --prompt once")
+        engine = Engine(_config(args))
+        first = engine.plan(requests[0])
+        second_request = first.request if args.twice else _against(args.against, first.request)
+        second = engine.plan(second_request)  # the first plan's seed, so both draw the same noise
+        _note_untrained(first, args.json)
+        a, b = engine.run(first).images, engine.run(second).images
+        result = compare_arrays(a, b, tolerance)
+        describe = lambda p: p.backend.name + (f":{p.backend.mode}" if p.backend.mode else "") + f" on {p.backend.device}"
+        compared = (f"two runs of {describe(first)}" if args.twice else f"{describe(first)} vs {describe(second)}")
+    if args.heatmap:
+        result.heatmap = write_heatmap(a, b, args.heatmap)
+    out = {**result.as_dict(), "compared": compared}
+    if not args.json:
+        psnr = "inf" if result.psnr_db is None else f"{result.psnr_db:.2f}"
+        print(f"{result.verdict}: max {result.max_abs_diff:.3g}, mean {result.mean_abs_diff:.3g}, PSNR {psnr} dB, "
+              f"{result.pct_pixels_differ:.2f}% pixels differ ({compared})")
+    return out
+
+
+COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
+            "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_process()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "plan"):
+        if args.command in ("generate", "plan", "verify"):
             from studio.runtime import quiet_libraries
 
             quiet_libraries()

@@ -70,7 +70,8 @@ class Engine:
         backend = self.backend(request.backend.name)
         resolved = backend.resolve(request)
         # 2. seeds: one per image
-        if request.seed is None or request.seed_mode == "random":
+        if request.seed is None:
+            # Drawn once and written into the plan's request, so replaying the plan repeats it.
             request = request.model_copy(update={"seed": noise.draw_seed()})
         seeds = noise.image_seeds(request.seed, request.batch)
         # 3. size and latent layout
@@ -80,7 +81,7 @@ class Engine:
         if width % arch["vae_scale"] or height % arch["vae_scale"]:
             raise StudioError(f"width and height must be multiples of {arch['vae_scale']} for this model")
         latent_shape = [arch["latent_channels"], height // arch["vae_scale"], width // arch["vae_scale"]]
-        base_sampler, device_alias = split_alias(request.sampler)
+        _, device_alias = split_alias(request.sampler)
         noise_source = "device" if device_alias else request.noise_source
         generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
         # 4. prompt
@@ -92,13 +93,14 @@ class Engine:
         # 5. compile prediction and risks
         compile_plan = backend.predict_compile(request, width, height, max(pos.chunks, neg.chunks))
         spec = sampler_spec(request.sampler)
+        noise_plan = NoisePlan(source=noise_source, generator_device=generator_device, latent_shape=latent_shape,
+                               from_sampler_alias=device_alias)
         return Plan(
             studio_version=__version__, request=request, seeds=seeds, width=width, height=height,
             sampler=spec.name, scheduler=spec.scheduler, stochastic_sampler=spec.stochastic,
-            noise=NoisePlan(source=noise_source, generator_device=generator_device, latent_shape=latent_shape,
-                            from_sampler_alias=device_alias),
+            noise=noise_plan,
             model=model, backend=resolved, prompt=prompt, determinism=determinism.settings(request.deterministic),
-            risks=risks.assess(request, resolved, model, prompt, generator_device), compile=compile_plan,
+            risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
         )
 
     def next_request(self, request: GenerationRequest, plan: Plan) -> GenerationRequest:
@@ -107,7 +109,7 @@ class Engine:
             return request.model_copy(update={"seed": (plan.seeds[-1] + 1) % 2**32})
         if request.seed_mode == "fixed":
             return request.model_copy(update={"seed": plan.request.seed})
-        return request
+        return request.model_copy(update={"seed": None})  # random: drawn anew by the next plan
 
     # -- plan → images ---------------------------------------------------------------------------
     def run(self, plan: Plan, on_step: Optional[StepCallback] = None) -> Result:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from studio.engine.plan import ModelInfo, PromptPlan, ResolvedBackend, Risk
+from studio.engine.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend, Risk
 from studio.prompts.chunking import CHUNK
 from studio.settings import GenerationRequest
 
 
 def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInfo, prompt: PromptPlan,
-           generator_device: str) -> list[Risk]:
+           noise: NoisePlan) -> list[Risk]:
     risks: list[Risk] = []
-    if generator_device != "cpu":
+    if noise.source == "device":
+        via = " (asked by the -gpu sampler name)" if noise.from_sampler_alias else ""
         risks.append(Risk(
             code="device_noise",
-            why=f"noise is drawn on {generator_device}: other GPUs and drivers draw other numbers for the same seed",
-            fix="use noise source cpu (--noise-source cpu)",
+            why=f"noise is drawn on the execution device ({noise.generator_device} here){via}: other GPUs and "
+                "drivers draw other numbers for the same seed",
+            fix="use noise source cpu (--noise-source cpu, or the sampler name without -gpu)",
         ))
     if backend.precision.get("vae") != "fp32":
         risks.append(Risk(
@@ -34,6 +36,12 @@ def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInf
             code="nondeterministic_cuda",
             why="CUDA kernels may pick different algorithms run to run (cuDNN autotuning, TF32, atomics)",
             fix="turn on deterministic mode (--deterministic)",
+        ))
+    if backend.device.startswith("cuda") and not request.deterministic:
+        risks.append(Risk(
+            code="attention_backend",
+            why="flash and memory-efficient attention kernels reduce in a non-deterministic order on CUDA",
+            fix="turn on deterministic mode (--deterministic), which keeps only the math attention kernel",
         ))
     if backend.name == "openvino" and backend.mode == "performance":
         risks.append(Risk(

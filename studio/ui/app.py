@@ -32,7 +32,7 @@ def build_app(config: AppConfig, model: str = "tiny"):
         try:
             request = build_request(
                 prompt=prompt or "", negative_prompt=negative or "",
-                seed=None if seed is None or seed < 0 else int(seed), seed_mode=seed_mode, batch=int(batch),
+                seed=None if seed_mode == "random" or seed is None or seed < 0 else int(seed), seed_mode=seed_mode, batch=int(batch),
                 steps=int(steps), cfg=float(cfg), sampler=sampler, width=int(width), height=int(height),
                 model=model_name,
             )
@@ -46,6 +46,7 @@ def build_app(config: AppConfig, model: str = "tiny"):
         info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *[f"- {ln}" for ln in lines]]
                          + (["", "**Reproducibility risks**", *risks] if risks else []))
         next_seed = engine.next_request(request, plan).seed
+        next_seed = -1 if next_seed is None else next_seed
         return [s["path"] for s in saved], "", info, next_seed
 
     with gr.Blocks(title="studio") as app:
