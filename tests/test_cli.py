@@ -129,7 +129,8 @@ def test_plan_json(capsys, cache_dir):
     assert code == 0
     plan = json.loads(out)
     assert plan["seeds"] == [9, 10, 11]
-    assert plan["noise"] == {"source": "cpu", "generator_device": "cpu", "latent_shape": [4, 32, 32]}
+    assert plan["noise"] == {"source": "cpu", "generator_device": "cpu", "latent_shape": [4, 32, 32],
+                             "from_sampler_alias": False}
     assert plan["compile"] is None and plan["stochastic_sampler"] is True
 
 
