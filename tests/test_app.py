@@ -27,12 +27,21 @@ def server(config):
     app.close()
 
 
+def controls(**overrides):
+    from studio.ui.app import CONTROL_ORDER
+
+    values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
+                  steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
+                  deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32")
+    values.update(overrides)
+    return [values[name] for name in CONTROL_ORDER]
+
+
 def test_generate_through_the_server(server, config):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    gallery, error, info, next_seed = client.predict(
-        "a lighthouse at dusk", "", 321, "increment", 2, 3, 7.0, "euler_a", 64, 64, "tiny", api_name="/generate")
+    gallery, error, info, next_seed = client.predict(*controls(), api_name="/generate")
     assert error == ""
     assert len(gallery) == 2
     assert "`321`" in info and "`322`" in info
@@ -45,8 +54,25 @@ def test_bad_input_is_a_visible_message(server):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    _, error, _, _ = client.predict("x", "", 1, "fixed", 1, 3, 7.0, "euler", 65, 64, "tiny", api_name="/generate")
+    _, error, _, _ = client.predict(*controls(width=65), api_name="/generate")
     assert "error: width: 65 must be a multiple of 8" in error
+
+
+def test_plan_preview_shows_risks_and_fingerprints_before_generate(server):
+    from gradio_client import Client
+
+    from studio.engine import noise
+
+    client = Client(server, verbose=False)
+    error, plan = client.predict(*controls(seed=42, batch=1), api_name="/plan_preview")
+    assert error == ""
+    expected = noise.image_fingerprints(noise.initial_latents(noise.make_generators([42], "cpu"), (4, 32, 32), "cpu"))
+    assert f"`42` · `{expected[0]}`" in plan
+    assert "No reproducibility risks" in plan
+    _, risky = client.predict(*controls(vae_dtype="bf16", sampler="euler_a-gpu"), api_name="/plan_preview")
+    assert "vae_not_fp32" in risky and "device_noise" in risky and "from the -gpu sampler name" in risky
+    error, _ = client.predict(*controls(unet_dtype="fp16"), api_name="/plan_preview")
+    assert "fp16 is not supported on CPU" in error
 
 
 def test_token_counter_endpoint(server):

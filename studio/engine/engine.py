@@ -103,6 +103,11 @@ class Engine:
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
         )
 
+    def preview_fingerprints(self, plan: Plan) -> list[str]:
+        """The initial-noise fingerprints a run of ``plan`` will have (noise is cheap to draw; nothing else runs)."""
+        generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
+        return noise.image_fingerprints(noise.initial_latents(generators, tuple(plan.noise.latent_shape), "cpu"))
+
     def next_request(self, request: GenerationRequest, plan: Plan) -> GenerationRequest:
         """The request for the run after ``plan``, as the seed mode says (fixed / increment / random)."""
         if request.seed_mode == "increment":

@@ -1,12 +1,59 @@
-"""The Gradio page. It builds requests and shows results; generation lives in the engine."""
+"""The Gradio page. It builds requests and shows results; generation lives in the engine.
+
+Controls are named once, in CONTROL_ORDER; event handlers receive them as a dict by name,
+never as a long positional list.
+"""
 
 from __future__ import annotations
 
 import html
 
-from studio.engine.samplers import DEFAULT_SAMPLER, SAMPLERS
+from studio.engine.samplers import DEFAULT_SAMPLER, GPU_SUFFIX, SAMPLERS
 from studio.errors import StudioError
 from studio.settings import AppConfig
+
+# The order the controls reach handlers (and the HTTP API) in.
+CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
+                 "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype")
+
+
+def request_values(values: dict) -> dict:
+    """UI control values → GenerationRequest fields."""
+    seed = values["seed"]
+    return dict(
+        prompt=values["prompt"] or "", negative_prompt=values["negative_prompt"] or "",
+        seed=None if values["seed_mode"] == "random" or seed is None or seed < 0 else int(seed),
+        seed_mode=values["seed_mode"], batch=int(values["batch"]), steps=int(values["steps"]),
+        cfg=float(values["cfg"]), sampler=values["sampler"], width=int(values["width"]),
+        height=int(values["height"]), model=values["model"], noise_source=values["noise_source"],
+        deterministic=bool(values["deterministic"]),
+        precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
+    )
+
+
+def error_html(message: str) -> str:
+    return f'<div class="studio-error">error: {html.escape(message)}</div>'
+
+
+def plan_markdown(plan, fingerprints: list[str] | None) -> str:
+    """What will run, shown before Generate: seeds, noise, fingerprints, and every reproducibility risk."""
+    noise = plan.noise
+    lines = [f"**Will run:** {plan.model.name} (`{plan.model.short_hash}`) · {plan.backend.name} on "
+             f"{plan.backend.device} · {plan.sampler} · {plan.width}×{plan.height}",
+             f"**Noise:** {noise.source} (generators on {noise.generator_device}"
+             + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
+             + (" · deterministic mode" if plan.determinism.get("deterministic") else "")]
+    if plan.request.seed_mode == "random" and fingerprints is None:
+        lines.append("**Seeds:** drawn when you press Generate")
+    else:
+        pairs = zip(plan.seeds, fingerprints or [])
+        lines.append("**Seeds · initial-noise fingerprints:** " + ", ".join(f"`{s}` · `{f}`" for s, f in pairs))
+    if plan.risks:
+        lines.append("**Reproducibility risks**")
+        lines += [f"- ⚠️ **{r.code}**: {r.why}. *Fix:* {r.fix}" for r in plan.risks]
+    else:
+        lines.append("✅ No reproducibility risks: these settings give the same image on any machine, within tolerance.")
+    return "\n".join(lines)
 
 
 def build_app(config: AppConfig, model: str = "tiny"):
@@ -20,6 +67,7 @@ def build_app(config: AppConfig, model: str = "tiny"):
 
     engine = Engine(config)
     engine.registry.resolve(model)  # a missing model is a start-up error, not a first-click surprise
+    small = model in BUILTINS and model != "sd15-random"
 
     def token_label(text: str) -> str:
         return count_tokens(text or "", engine.tokenizer()).label()
@@ -27,54 +75,72 @@ def build_app(config: AppConfig, model: str = "tiny"):
     def model_note(name: str) -> str:
         return f"⚠️ **{name}** is a {UNTRAINED_NOTE}." if name in BUILTINS else ""
 
-    def generate(prompt, negative, seed, seed_mode, batch, steps, cfg, sampler, width, height, model_name,
-                 progress=gr.Progress()):
+    def named(values) -> dict:
+        return dict(zip(CONTROL_ORDER, values))
+
+    def preview(*values):
         try:
-            request = build_request(
-                prompt=prompt or "", negative_prompt=negative or "",
-                seed=None if seed_mode == "random" or seed is None or seed < 0 else int(seed), seed_mode=seed_mode, batch=int(batch),
-                steps=int(steps), cfg=float(cfg), sampler=sampler, width=int(width), height=int(height),
-                model=model_name,
-            )
+            plan = engine.plan(build_request(**request_values(named(values))))
+        except StudioError as exc:
+            return error_html(exc.message), ""
+        random = plan.request.seed_mode == "random"
+        return "", plan_markdown(plan, None if random else engine.preview_fingerprints(plan))
+
+    def generate(*values, progress=gr.Progress()):
+        try:
+            request = build_request(**request_values(named(values)))
             plan = engine.plan(request)
             result = engine.run(plan, on_step=lambda i, n: progress(i / n, desc=f"step {i}/{n}"))
             saved = save_result(result, engine.config.output_dir)
         except StudioError as exc:
-            return gr.update(), f'<div class="studio-error">error: {html.escape(exc.message)}</div>', gr.update(), gr.update()
-        lines = [f"`{s['seed']}` · noise `{s['noise_fingerprint']}` · {s['path']}" for s in saved]
-        risks = [f"- **{r.code}**: {r.why} — {r.fix}" for r in plan.risks]
-        info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *[f"- {ln}" for ln in lines]]
-                         + (["", "**Reproducibility risks**", *risks] if risks else []))
+            return gr.update(), error_html(exc.message), gr.update(), gr.update()
+        lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {s['path']}" for s in saved]
+        info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
+                         + [f"- ⚠️ {n}" for n in result.notes])
         next_seed = engine.next_request(request, plan).seed
-        next_seed = -1 if next_seed is None else next_seed
-        return [s["path"] for s in saved], "", info, next_seed
+        return [s["path"] for s in saved], "", info, (-1 if next_seed is None else next_seed)
 
     with gr.Blocks(title="studio") as app:
         gr.Markdown("# studio\nReproducible Stable Diffusion: same settings, same image.")
         note = gr.Markdown(model_note(model), elem_id="model-note")
+        c = {}
         with gr.Row():
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=420)
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
+                c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
                 counter = gr.Markdown(token_label(""), elem_id="token-counter")
-                negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative")
+                c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 error = gr.HTML("", elem_id="error")
+                plan_box = gr.Markdown("", elem_id="plan")
                 info = gr.Markdown("", elem_id="info")
             with gr.Column(scale=2):
-                model_box = gr.Dropdown(engine.registry.available(), value=model, label="Model", elem_id="model")
-                seed = gr.Number(value=-1, precision=0, label="Seed (-1 draws one)", elem_id="seed")
-                seed_mode = gr.Radio(["fixed", "increment", "random"], value="fixed", label="Seed mode")
-                sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler", elem_id="sampler")
-                steps = gr.Slider(1, 150, value=20, step=1, label="Steps")
-                cfg = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
-                batch = gr.Slider(1, 16, value=1, step=1, label="Images")
-                width = gr.Number(value=64 if model in BUILTINS and model != "sd15-random" else 512, precision=0,
-                                  label="Width", elem_id="width")
-                height = gr.Number(value=64 if model in BUILTINS and model != "sd15-random" else 512, precision=0,
-                                   label="Height", elem_id="height")
-        prompt.change(token_label, prompt, counter, show_progress="hidden")
-        model_box.change(model_note, model_box, note)
-        run.click(generate, [prompt, negative, seed, seed_mode, batch, steps, cfg, sampler, width, height, model_box],
-                  [gallery, error, info, seed])
+                c["model"] = gr.Dropdown(engine.registry.available(), value=model, label="Model", elem_id="model")
+                with gr.Group(elem_id="seed-lock"):
+                    gr.Markdown("**Seed lock**")
+                    c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 draws one)", elem_id="seed")
+                    c["seed_mode"] = gr.Radio(["fixed", "increment", "random"], value="fixed", label="After each run",
+                                              elem_id="seed-mode")
+                    c["noise_source"] = gr.Radio(["cpu", "device"], value="cpu", label="Noise drawn on",
+                                                 elem_id="noise-source")
+                    c["deterministic"] = gr.Checkbox(False, label="Deterministic mode", elem_id="deterministic")
+                samplers = list(SAMPLERS) + [s + GPU_SUFFIX for s in SAMPLERS if SAMPLERS[s].stochastic]
+                c["sampler"] = gr.Dropdown(samplers, value=DEFAULT_SAMPLER, label="Sampler", elem_id="sampler")
+                c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps")
+                c["cfg"] = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
+                c["batch"] = gr.Slider(1, 16, value=1, step=1, label="Images")
+                c["width"] = gr.Number(value=64 if small else 512, precision=0, label="Width", elem_id="width")
+                c["height"] = gr.Number(value=64 if small else 512, precision=0, label="Height", elem_id="height")
+                with gr.Accordion("Precision", open=False):
+                    for part in ("text", "unet", "vae"):
+                        c[f"{part}_dtype"] = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32",
+                                                         label=f"{part.upper() if part != 'text' else 'Text encoder'}",
+                                                         elem_id=f"{part}-dtype")
+        controls = [c[name] for name in CONTROL_ORDER]
+        c["prompt"].change(token_label, c["prompt"], counter, show_progress="hidden")
+        c["model"].change(model_note, c["model"], note)
+        for control in controls:
+            control.change(preview, controls, [error, plan_box], show_progress="hidden")
+        app.load(preview, controls, [error, plan_box], api_name="plan_preview")
+        run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate")
     return app
