@@ -54,6 +54,10 @@ class GenerationRequest(_Strict):
     deterministic: bool = False
     expansion: bool = False
     precision: Precision = Precision()
+    clip_skip: int = Field(default=1, ge=1, le=12, description="A1111's Clip skip: 1 = the last layer")
+    comma_backtrack: int = Field(default=20, ge=0, le=74,
+                                 description="move words after a comma to the next chunk when a chunk fills "
+                                             "within this many tokens of it (0 = off)")
     chunk_policy: str = "exact"
     lru: int = Field(default=3, ge=1, le=64)
 

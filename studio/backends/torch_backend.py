@@ -10,6 +10,7 @@ from studio.engine import determinism, precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
+from studio.prompts.encode import encode
 from studio.settings import GenerationRequest
 
 
@@ -43,6 +44,7 @@ class TorchBackend:
     def __init__(self, max_pipelines: int = 1):
         self._pipelines: OrderedDict[tuple, Any] = OrderedDict()
         self._max = max_pipelines
+        self._last_conditioning: tuple | None = None
 
     def resolve(self, request: GenerationRequest) -> ResolvedBackend:
         device = resolve_device(request.backend.device)
@@ -61,8 +63,12 @@ class TorchBackend:
     def predict_compile(self, request, width, height, chunks):
         return None  # eager: nothing is compiled
 
+    @staticmethod
+    def _key(plan: Plan) -> tuple:
+        return plan.model.sha256, plan.backend.device, tuple(sorted(plan.backend.precision.items()))
+
     def _pipeline(self, plan: Plan, load: Callable[[], Any]):
-        key = (plan.model.sha256, plan.backend.device, tuple(sorted(plan.backend.precision.items())))
+        key = self._key(plan)
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
@@ -75,6 +81,16 @@ class TorchBackend:
         precision.apply(pipe, plan.backend.precision)
         self._pipelines[key] = pipe
         return pipe
+
+    def _conditioning(self, pipe, plan: Plan):
+        """The encoded prompt pair, reused across the images of a batch."""
+        p = plan.prompt
+        key = (self._key(plan), p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip, plan.request.comma_backtrack)
+        if self._last_conditioning is None or self._last_conditioning[0] != key:
+            cond = encode(pipe, p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip,
+                          plan.request.comma_backtrack)
+            self._last_conditioning = (key, cond)
+        return self._last_conditioning[1]
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
         import sys
@@ -91,8 +107,7 @@ class TorchBackend:
                 on_step(step + 1, request.steps)
                 return kwargs
         out = pipe(
-            prompt=plan.prompt.prompt_final,
-            negative_prompt=plan.prompt.negative,
+            **self._conditioning(pipe, plan).pipeline_kwargs(),
             num_inference_steps=request.steps,
             guidance_scale=request.cfg,
             width=plan.width,

@@ -16,7 +16,7 @@ from studio.engine.samplers import sampler_spec, split_alias
 from studio.errors import StudioError
 from studio.models.registry import ModelRegistry, ModelSource, architecture, short_hash
 from studio.models.tokenizer import clip_tokenizer
-from studio.prompts.chunking import count_tokens
+from studio.prompts.chunking import check_length, count_tokens
 from studio.repro import risks
 from studio.settings import AppConfig, GenerationRequest
 
@@ -85,13 +85,9 @@ class Engine:
         noise_source = "device" if device_alias else request.noise_source
         generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
         # 4. prompt
-        tok = self.tokenizer()
-        pos, neg = count_tokens(request.prompt, tok), count_tokens(request.negative_prompt, tok)
-        prompt = PromptPlan(prompt=request.prompt, prompt_final=request.prompt, negative=request.negative_prompt,
-                            tokens=pos.tokens, chunks=pos.chunks, negative_tokens=neg.tokens,
-                            negative_chunks=neg.chunks)
+        prompt = self._prompt_plan(request)
         # 5. compile prediction and risks
-        compile_plan = backend.predict_compile(request, width, height, max(pos.chunks, neg.chunks))
+        compile_plan = backend.predict_compile(request, width, height, prompt.chunk_count)
         spec = sampler_spec(request.sampler)
         noise_plan = NoisePlan(source=noise_source, generator_device=generator_device, latent_shape=latent_shape,
                                from_sampler_alias=device_alias)
@@ -102,6 +98,17 @@ class Engine:
             model=model, backend=resolved, prompt=prompt, determinism=determinism.settings(request.deterministic),
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
         )
+
+    def _prompt_plan(self, request: GenerationRequest) -> PromptPlan:
+        tok = self.tokenizer()
+        pos = count_tokens(request.prompt, tok, request.comma_backtrack)
+        neg = count_tokens(request.negative_prompt, tok, request.comma_backtrack)
+        check_length(pos, "prompt")
+        check_length(neg, "negative prompt")
+        padded = int(request.chunk_policy.split(":")[1]) if request.chunk_policy.startswith("pad:") else 1
+        return PromptPlan(prompt=request.prompt, prompt_final=request.prompt, negative=request.negative_prompt,
+                          tokens=pos.tokens, chunks=pos.chunks, negative_tokens=neg.tokens,
+                          negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded))
 
     def preview_fingerprints(self, plan: Plan) -> list[str]:
         """The initial-noise fingerprints a run of ``plan`` will have (noise is cheap to draw; nothing else runs)."""

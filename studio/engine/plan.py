@@ -41,6 +41,7 @@ class PromptPlan(_Frozen):
     chunks: int
     negative_tokens: int
     negative_chunks: int
+    chunk_count: int  # chunks both are encoded as (77 tokens each): the larger, or pad:N's N
 
 
 class NoisePlan(_Frozen):

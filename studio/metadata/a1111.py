@@ -26,6 +26,8 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         ("Model hash", plan.model.short_hash),
         ("Model", plan.model.name),
     ]
+    if request.clip_skip != 1:
+        fields.append(("Clip skip", request.clip_skip))
     if plan.backend.precision.get("vae") != "fp32":
         fields.append(("VAE precision", plan.backend.precision["vae"]))
     fields += [

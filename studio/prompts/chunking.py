@@ -1,10 +1,29 @@
-"""CLIP token counting in 75-token chunks (77 with BOS/EOS), as A1111's counter shows it."""
+"""CLIP tokens in 75-token chunks (77 with BOS/EOS), as A1111 makes them.
+
+A prompt is parsed for emphasis and BREAK (prompts/attention.py), tokenized segment by segment,
+and laid into chunks of 75 tokens, each with a weight per token. BREAK ends a chunk early. When a
+chunk fills up within `comma_backtrack` tokens after a comma, the words after that comma move to
+the next chunk, so a phrase is not cut in two. The counter shows A1111's count: every chunk but the
+last counts as full, and `to_next_boundary` says how far the next chunk (a recompile, for a static-
+shape backend) is.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
+from studio.errors import StudioError
+from studio.prompts.attention import BREAK_MARK, parse
 
 CHUNK = 75
+MAX_CHUNKS = 20
+COMMA_BACKTRACK = 20  # A1111's default
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)  # prompt tokens only: no BOS/EOS, no padding
+    weights: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -24,13 +43,54 @@ class TokenCount:
         return text if self.chunks == 1 else f"{text} · {self.chunks} chunks"
 
 
-def prompt_token_ids(text: str, tokenizer) -> list[int]:
-    """The prompt's token ids without BOS/EOS and without truncation."""
-    return tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+def _comma_id(tokenizer) -> int:
+    return tokenizer.convert_tokens_to_ids(",</w>")
 
 
-def count_tokens(text: str, tokenizer) -> TokenCount:
-    n = len(prompt_token_ids(text, tokenizer))
-    chunks = max(1, -(-n // CHUNK))
-    counts = [min(CHUNK, n - i * CHUNK) for i in range(chunks)] if n else [0]
-    return TokenCount(n, chunks, chunks * CHUNK, chunks * CHUNK - n, counts)
+def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> tuple[list[Chunk], int]:
+    """The prompt's chunks and A1111's token count (every chunk but the last counts as full)."""
+    comma = _comma_id(tokenizer)
+    chunks: list[Chunk] = []
+    current = Chunk()
+    counted = 0
+    last_comma = -1
+
+    def close(last: bool = False) -> None:
+        nonlocal current, counted, last_comma
+        counted += len(current.tokens) if last else CHUNK
+        chunks.append(current)
+        current = Chunk()
+        last_comma = -1
+
+    for segment, weight in parse(text):
+        if weight == BREAK_MARK:
+            close()
+            continue
+        for token in tokenizer(segment, add_special_tokens=False, truncation=False)["input_ids"]:
+            if token == comma:
+                last_comma = len(current.tokens)
+            elif (comma_backtrack and len(current.tokens) == CHUNK and last_comma != -1
+                  and len(current.tokens) - last_comma <= comma_backtrack):
+                moved = Chunk(current.tokens[last_comma + 1:], current.weights[last_comma + 1:])
+                del current.tokens[last_comma + 1:], current.weights[last_comma + 1:]
+                close()
+                current = moved
+            if len(current.tokens) == CHUNK:
+                close()
+            current.tokens.append(token)
+            current.weights.append(weight)
+    if current.tokens or not chunks:
+        close(last=True)
+    return chunks, counted
+
+
+def count_tokens(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> TokenCount:
+    chunks, counted = chunk_prompt(text, tokenizer, comma_backtrack)
+    capacity = len(chunks) * CHUNK
+    return TokenCount(counted, len(chunks), capacity, capacity - counted, [len(c.tokens) for c in chunks])
+
+
+def check_length(count: TokenCount, what: str = "prompt") -> None:
+    if count.chunks > MAX_CHUNKS:
+        raise StudioError(f"the {what} has {count.chunks} chunks of 75 tokens ({count.tokens} tokens); "
+                          f"the most is {MAX_CHUNKS} ({MAX_CHUNKS * CHUNK} tokens): shorten it")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from studio.engine.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend, Risk
-from studio.prompts.chunking import CHUNK
 from studio.settings import GenerationRequest
 
 
@@ -60,11 +59,5 @@ def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInf
             code="model_without_hash",
             why="the model has no hash, so another machine cannot check it has the same weights",
             fix="use a model file or folder that can be hashed",
-        ))
-    if prompt.tokens > CHUNK or prompt.negative_tokens > CHUNK:
-        risks.append(Risk(
-            code="prompt_truncated",
-            why=f"the prompt has more than {CHUNK} tokens and this version encodes only the first chunk",
-            fix=f"keep the prompt and negative prompt within {CHUNK} tokens",
         ))
     return risks
