@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,53 @@ def ensure_installed() -> None:
     STAMP.write_text(_wanted_stamp())
 
 
+BROWSER = (Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"))  # tests/test_browser.py drives these
+BROWSER_PACKAGES = ["chromium", "chromium-driver"]
+
+
+def _debian_like() -> bool:
+    if Path("/etc/debian_version").exists():
+        return True
+    try:
+        release = Path("/etc/os-release").read_text()
+    except OSError:
+        return False
+    fields = dict(line.split("=", 1) for line in release.splitlines() if "=" in line)
+    names = (fields.get("ID", "") + " " + fields.get("ID_LIKE", "")).lower()
+    return "debian" in names or "ubuntu" in names
+
+
+def ensure_browser() -> None:
+    """Install Debian's chromium + chromium-driver for the browser tests, when missing and we may (root, apt).
+
+    Never fatal: if it cannot install, the browser tests fail and say why.
+    """
+    missing = [str(p) for p in BROWSER if not p.exists()]
+    if not missing:
+        return
+    apt = shutil.which("apt-get")
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and apt and _debian_like()):
+        print(f"note: {' and '.join(missing)} missing and not root on Debian with apt-get: cannot install "
+              f"{' '.join(BROWSER_PACKAGES)}; the browser tests will fail", flush=True)
+        return
+    print(f"{' and '.join(missing)} missing: installing {' '.join(BROWSER_PACKAGES)} for the browser tests ...",
+          flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in ([apt, "update"], [apt, "install", "-y", *BROWSER_PACKAGES]):
+        print("+ " + " ".join(cmd), flush=True)
+        try:
+            code = subprocess.call(cmd, env=env)
+        except OSError as exc:
+            code = f"{exc}"
+        if code != 0:
+            print(f"warning: `{' '.join(cmd)}` failed ({code}); the browser tests will fail", flush=True)
+            return
+    still = [str(p) for p in BROWSER if not p.exists()]
+    if still:
+        print(f"warning: installed {' '.join(BROWSER_PACKAGES)} but {' and '.join(still)} still missing; "
+              "the browser tests will fail", flush=True)
+
+
 def main(argv: list[str]) -> int:
     if not _inside_venv():
         ensure_installed()
@@ -63,6 +111,7 @@ def main(argv: list[str]) -> int:
         import pytest
 
         os.chdir(ROOT)
+        ensure_browser()
         return pytest.main(["-q", *argv[1:]], plugins=[])
     from studio.ui.server import main as serve
 

@@ -11,10 +11,11 @@ comma-separated style words, seeded by the image seed, so one seed gives one exp
   the words' token sequences only lets through tokens that continue a whole word list entry, so
   every added phrase is an entry of the list. Top-k 100, temperature 1.
 
-Both append to the prompt with ", " (a prompt that already ends with a comma gets no second one),
-never add an entry already in the prompt or already added (as whole words, case-insensitive), and
-measure with the real CLIP tokenizer (``chunking.count_tokens``): the final count never exceeds the
-prompt's chunk capacity, and filling stops when no entry fits. A prompt that exactly fills its
+Both append to the prompt with ", " (trailing whitespace is dropped, and a prompt that already
+ends with a comma gets no second one), never add an entry whose words already stand in the prompt
+or in an added entry (whole words, case-insensitive: "golden" not after "golden hour"), and
+measure with the real CLIP tokenizer (``chunking.count_tokens``): the final count never exceeds
+the prompt's chunk capacity, and filling stops when no entry fits. A prompt that exactly fills its
 chunk gets nothing, unless ``allow_new_chunk=True``: then, when no entry fits in the current chunk,
 the expander may fill the next chunk too (capacity + 75).
 
@@ -53,12 +54,9 @@ class ExpansionResult:
 
 
 def _normalize(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _occurs(phrase: str, text: str) -> bool:
-    """Whether ``phrase`` occurs in normalized ``text`` as whole words."""
-    return re.search(r"(?<![a-z0-9])" + re.escape(phrase) + r"(?![a-z0-9])", text) is not None
+    """Lower-case words and punctuation marks, one space apart and around, so that a whole-word
+    test is a substring test (and a phrase never matches across a comma)."""
+    return " " + " ".join(re.findall(r"[^\W_]+|[^\w\s]", text.lower())) + " "
 
 
 class _Filler:
@@ -96,7 +94,7 @@ class _Filler:
         return 1 if base and base[-1].isalnum() else 0
 
     def seen(self, phrase: str) -> bool:
-        return _occurs(phrase, self._seen)
+        return _normalize(phrase) in self._seen
 
     def might_fit(self, index: int) -> bool:
         return self.tokens + self._separator_floor() + self.costs[index] <= self.limit
@@ -112,7 +110,7 @@ class _Filler:
         self.text = self._joined(phrase)
         self.added.append(phrase)
         self.tokens = tokens
-        self._seen += ", " + phrase
+        self._seen += ", " + _normalize(phrase)[1:]
 
     def try_add(self, index: int, phrase: str) -> bool:
         if self.seen(phrase) or not self.might_fit(index):
@@ -194,6 +192,7 @@ class CausalLMExpander:
         self.folder = folder
         self.name = f"causal-lm:{folder.name}"
         self.words = tuple(words)
+        self._normalized = [_normalize(word) for word in self.words]
 
         def encode(text: str) -> list[int]:
             return self.lm_tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -219,7 +218,8 @@ class CausalLMExpander:
             raise StudioError(f"the prompt expansion model in {folder} cannot encode the word list; "
                               "use a GPT-2 style model or the wordbank expander")
         config = self.model.config
-        self._positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        self._positions = (getattr(config, "n_positions", None)
+                           or getattr(config, "max_position_embeddings", None))
         start = self.lm_tokenizer.bos_token_id
         self._start_id = start if start is not None else self.lm_tokenizer.eos_token_id
         if self._start_id is None:
@@ -257,7 +257,8 @@ class CausalLMExpander:
                 if node is root:
                     candidates = {i for i in alive if filler.might_fit(i)}
                     measured.clear()
-                allowed = [t for t, child in node.children.items() if not child.entries.isdisjoint(candidates)]
+                allowed = [token for token, child in node.children.items()
+                           if not child.entries.isdisjoint(candidates)]
                 if node.end is not None and node.end in candidates:
                     tokens = measured.get(node.end)
                     if tokens is None:
@@ -275,7 +276,8 @@ class CausalLMExpander:
                 if token == self.comma_id:
                     phrase = self.words[node.end]
                     filler.accept(phrase, measured[node.end])
-                    alive = {i for i in alive if not _occurs(self.words[i], phrase)}
+                    added = _normalize(phrase)
+                    alive = {i for i in alive if self._normalized[i] not in added}
                     node = root = self._roots[True]
                 else:
                     node = node.children[token]

@@ -38,22 +38,25 @@ def error_html(message: str) -> str:
 def plan_markdown(plan, fingerprints: list[str] | None) -> str:
     """What will run, shown before Generate: seeds, noise, fingerprints, and every reproducibility risk."""
     noise = plan.noise
-    lines = [f"**Will run:** {plan.model.name} (`{plan.model.short_hash}`) · {plan.backend.name} on "
-             f"{plan.backend.device} · {plan.sampler} · {plan.width}×{plan.height}",
-             f"**Noise:** {noise.source} (generators on {noise.generator_device}"
-             + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
-             + (" · deterministic mode" if plan.determinism.get("deterministic") else "")]
-    if plan.request.seed_mode == "random" and fingerprints is None:
-        lines.append("**Seeds:** drawn when you press Generate")
+    paragraphs = [
+        f"**Will run:** {plan.model.name} (`{plan.model.short_hash}`) · {plan.backend.name} on "
+        f"{plan.backend.device} · {plan.sampler} · {plan.width}×{plan.height}",
+        f"**Noise:** {noise.source} (generators on {noise.generator_device}"
+        + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
+        + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
+    ]
+    if fingerprints is None:
+        paragraphs.append("**Seeds:** drawn when you press Generate")
     else:
-        pairs = zip(plan.seeds, fingerprints or [])
-        lines.append("**Seeds · initial-noise fingerprints:** " + ", ".join(f"`{s}` · `{f}`" for s, f in pairs))
+        paragraphs.append("**Seeds · initial-noise fingerprints:** "
+                          + ", ".join(f"`{s}` · `{f}`" for s, f in zip(plan.seeds, fingerprints)))
     if plan.risks:
-        lines.append("**Reproducibility risks**")
-        lines += [f"- ⚠️ **{r.code}**: {r.why}. *Fix:* {r.fix}" for r in plan.risks]
+        paragraphs.append("**Reproducibility risks**\n"
+                          + "\n".join(f"- ⚠️ **{r.code}**: {r.why}. *Fix:* {r.fix}" for r in plan.risks))
     else:
-        lines.append("✅ No reproducibility risks: these settings give the same image on any machine, within tolerance.")
-    return "\n".join(lines)
+        paragraphs.append("✅ No reproducibility risks: these settings give the same image on any machine, "
+                          "within tolerance.")
+    return "\n\n".join(paragraphs)
 
 
 def build_app(config: AppConfig, model: str = "tiny"):
@@ -80,11 +83,13 @@ def build_app(config: AppConfig, model: str = "tiny"):
 
     def preview(*values):
         try:
-            plan = engine.plan(build_request(**request_values(named(values))))
+            request = build_request(**request_values(named(values)))
+            plan = engine.plan(request)
         except StudioError as exc:
             return error_html(exc.message), ""
-        random = plan.request.seed_mode == "random"
-        return "", plan_markdown(plan, None if random else engine.preview_fingerprints(plan))
+        # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
+        drawn_later = request.seed is None
+        return "", plan_markdown(plan, None if drawn_later else engine.preview_fingerprints(plan))
 
     def generate(*values, progress=gr.Progress()):
         try:
@@ -126,9 +131,9 @@ def build_app(config: AppConfig, model: str = "tiny"):
                     c["deterministic"] = gr.Checkbox(False, label="Deterministic mode", elem_id="deterministic")
                 samplers = list(SAMPLERS) + [s + GPU_SUFFIX for s in SAMPLERS if SAMPLERS[s].stochastic]
                 c["sampler"] = gr.Dropdown(samplers, value=DEFAULT_SAMPLER, label="Sampler", elem_id="sampler")
-                c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps")
-                c["cfg"] = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale")
-                c["batch"] = gr.Slider(1, 16, value=1, step=1, label="Images")
+                c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="steps")
+                c["cfg"] = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale", elem_id="cfg")
+                c["batch"] = gr.Slider(1, 16, value=1, step=1, label="Images", elem_id="batch")
                 c["width"] = gr.Number(value=64 if small else 512, precision=0, label="Width", elem_id="width")
                 c["height"] = gr.Number(value=64 if small else 512, precision=0, label="Height", elem_id="height")
                 with gr.Accordion("Precision", open=False):

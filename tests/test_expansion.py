@@ -1,0 +1,185 @@
+"""Seeded prompt expansion: the word list, the wordbank expander and a causal LM expander.
+
+The causal LM is a tiny random GPT-2 with a byte-level BPE tokenizer trained here on the word list:
+nothing is downloaded.
+"""
+
+import pytest
+
+from studio.errors import StudioError
+from studio.models.tokenizer import clip_tokenizer
+from studio.prompts.chunking import CHUNK, count_tokens
+from studio.prompts.expansion import (
+    CausalLMExpander,
+    ExpansionResult,
+    causal_lm_expand,
+    wordbank_expand,
+)
+from studio.prompts.wordbank import WORDBANK_VERSION, WORDS
+
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+@pytest.fixture(scope="module")
+def tok(cache_dir):
+    return clip_tokenizer(str(cache_dir))
+
+
+@pytest.fixture(scope="module")
+def longest(tok):
+    """The most CLIP tokens any word list entry takes."""
+    return max(len(ids) for ids in tok(list(WORDS), add_special_tokens=False)["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def full_prompt(tok):
+    text = " ".join(["cat"] * CHUNK)
+    assert count_tokens(text, tok).tokens == CHUNK
+    return text
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A folder with a random 2-layer GPT-2 and its byte-level BPE tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # A small vocabulary: many words take several tokens, which the prefix tree must handle.
+    bpe.train_from_iterator([", ".join(WORDS[i:i + 20]) for i in range(0, len(WORDS), 20)], trainer)
+    lm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                     eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    lm_tok.save_pretrained(folder)
+    eot = lm_tok.convert_tokens_to_ids("<|endoftext|>")
+    config = GPT2Config(vocab_size=len(lm_tok), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
+                        bos_token_id=eot, eos_token_id=eot)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Token-by-token decoding of a tiny model is fastest on one thread (and on a busy machine,
+    two threads can be ten times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_lm, one_thread):
+    return CausalLMExpander(tiny_lm)
+
+
+def check_expansion(result: ExpansionResult, prompt: str, tok, longest: int, limit: int) -> None:
+    assert result.text.startswith(prompt.rstrip())
+    assert set(result.added) <= set(WORDS)
+    assert len(set(result.added)) == len(result.added)
+    if result.added:
+        base = prompt.rstrip()
+        joined = ", ".join(result.added)
+        separator = "" if not base else " " if base.endswith(",") else ", "
+        assert result.text == base + separator + joined
+    tokens = count_tokens(result.text, tok).tokens
+    assert tokens <= limit
+    assert limit - tokens < longest  # stopped only when no entry fit
+
+
+def test_word_list_is_sorted_deduplicated_and_large():
+    assert WORDBANK_VERSION == 1
+    assert len(WORDS) >= 400
+    assert list(WORDS) == sorted(set(WORDS))
+    for word in WORDS:
+        assert word == word.strip().lower() and "," not in word
+        assert 1 <= len(word.split()) <= 3 and " ".join(word.split()) == word
+        assert not set(word) & set("()[]:\\"), word  # no emphasis syntax
+
+
+def test_wordbank_is_seeded(tok):
+    a = wordbank_expand(PROMPT, 1234, tok)
+    assert a == wordbank_expand(PROMPT, 1234, tok)
+    assert (a.expander, a.seed) == (f"wordbank-v{WORDBANK_VERSION}", 1234)
+    assert a.added
+    others = {wordbank_expand(PROMPT, seed, tok).text for seed in (1, 2, 3)}
+    assert a.text not in others and len(others) == 3
+
+
+@pytest.mark.parametrize("prompt", [PROMPT, "", "a cat!", "a cat,", "portrait of a woman, golden hour "])
+def test_wordbank_fills_the_chunk(tok, longest, prompt):
+    result = wordbank_expand(prompt, 7, tok)
+    check_expansion(result, prompt, tok, longest, limit=CHUNK)
+
+
+def test_wordbank_does_not_repeat_prompt_words(tok):
+    prompt = "a cat at Golden Hour, TEAL"
+    for seed in range(5):
+        added = wordbank_expand(prompt, seed, tok).added
+        assert not {"golden hour", "golden", "teal"} & set(added)
+
+
+def test_full_chunk_adds_nothing_unless_a_new_chunk_is_allowed(tok, longest, full_prompt):
+    result = wordbank_expand(full_prompt, 5, tok)
+    assert result.text == full_prompt and result.added == ()
+    more = wordbank_expand(full_prompt, 5, tok, allow_new_chunk=True)
+    check_expansion(more, full_prompt, tok, longest, limit=2 * CHUNK)
+    assert count_tokens(more.text, tok).chunks == 2
+
+
+def test_second_chunk_fills_toward_150(tok, longest, full_prompt):
+    prompt = full_prompt + " dog"
+    assert count_tokens(prompt, tok).tokens == CHUNK + 1
+    result = wordbank_expand(prompt, 9, tok)
+    check_expansion(result, prompt, tok, longest, limit=2 * CHUNK)
+
+
+def test_causal_lm_is_seeded_and_uses_only_the_word_list(tok, longest, lm):
+    import torch
+
+    state = torch.random.get_rng_state()
+    a = causal_lm_expand(PROMPT, 42, lm, tok)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is not touched
+    assert a == causal_lm_expand(PROMPT, 42, lm, tok)
+    assert (a.expander, a.seed) == (f"causal-lm:{lm.folder.name}", 42)
+    assert a.added
+    check_expansion(a, PROMPT, tok, longest, limit=CHUNK)
+    assert causal_lm_expand(PROMPT, 43, lm, tok).text != a.text
+
+
+def test_causal_lm_mask_is_word_tokens_and_comma(lm):
+    encode = lm.lm_tokenizer
+    ids = {lm.comma_id}
+    for word in WORDS:
+        ids.update(encode(word, add_special_tokens=False)["input_ids"])
+        ids.update(encode(" " + word, add_special_tokens=False)["input_ids"])
+    assert set(lm.allowed_ids) == ids
+
+
+def test_causal_lm_respects_chunk_boundaries(tok, longest, lm, tiny_lm, full_prompt):
+    empty = causal_lm_expand("", 3, tiny_lm, tok)  # a folder works too
+    check_expansion(empty, "", tok, longest, limit=CHUNK)
+    assert causal_lm_expand(full_prompt, 3, lm, tok).added == ()
+    more = causal_lm_expand(full_prompt, 3, lm, tok, allow_new_chunk=True)
+    check_expansion(more, full_prompt, tok, longest, limit=2 * CHUNK)
+
+
+def test_missing_or_invalid_model_folder(tmp_path, tok):
+    with pytest.raises(StudioError, match="config.json missing"):
+        CausalLMExpander(tmp_path / "nope")
+    with pytest.raises(StudioError):
+        causal_lm_expand(PROMPT, 1, tmp_path / "nope", tok)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(StudioError, match="cannot load") as info:
+        CausalLMExpander(tmp_path)
+    assert "\n" not in str(info.value)
