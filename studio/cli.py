@@ -42,6 +42,11 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-source", choices=["cpu", "device"])
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--expansion", choices=["on", "off"])
+    p.add_argument("--expander", choices=["wordbank", "causal-lm"])
+    p.add_argument("--expansion-model", help="a local causal-LM folder (GPT-2 style) for --expander causal-lm")
+    p.add_argument("--expansion-new-chunk", action="store_true", default=None,
+                   help="let expansion fill the next 75-token chunk too")
+    p.add_argument("--expanded-prompt", help="replay this expanded text verbatim (expansion is not run again)")
     p.add_argument("--dtype", action="append", default=[], metavar="COMPONENT=DTYPE",
                    help="precision of text, unet or vae: fp32, fp16 or bf16 (repeatable)")
     p.add_argument("--out", type=Path, help="output folder")
@@ -104,7 +109,8 @@ def requests_from_args(args):
     simple = {"negative": "negative_prompt", "seed": "seed", "seed_mode": "seed_mode", "batch": "batch",
               "steps": "steps", "cfg": "cfg", "sampler": "sampler", "width": "width", "height": "height",
               "model": "model", "noise_source": "noise_source", "chunk_policy": "chunk_policy", "lru": "lru",
-              "deterministic": "deterministic"}
+              "deterministic": "deterministic", "expander": "expander", "expansion_model": "expansion_model",
+              "expansion_new_chunk": "expansion_new_chunk", "expanded_prompt": "expanded_prompt"}
     for flag, field in simple.items():
         if getattr(args, flag) is not None:
             values[field] = getattr(args, flag)

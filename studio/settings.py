@@ -53,6 +53,11 @@ class GenerationRequest(_Strict):
     noise_source: NoiseSource = "cpu"
     deterministic: bool = False
     expansion: bool = False
+    expander: Literal["wordbank", "causal-lm"] = "wordbank"
+    expansion_model: Optional[str] = Field(default=None, description="a local causal-LM folder, for causal-lm")
+    expansion_new_chunk: bool = Field(default=False, description="let expansion start a new 75-token chunk")
+    expanded_prompt: Optional[str] = Field(
+        default=None, description="expanded text to replay verbatim (set when restoring; never regenerated)")
     precision: Precision = Precision()
     clip_skip: int = Field(default=1, ge=1, le=12, description="A1111's Clip skip: 1 = the last layer")
     comma_backtrack: int = Field(default=20, ge=0, le=74,

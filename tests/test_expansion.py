@@ -183,3 +183,43 @@ def test_missing_or_invalid_model_folder(tmp_path, tok):
     with pytest.raises(StudioError, match="cannot load") as info:
         CausalLMExpander(tmp_path)
     assert "\n" not in str(info.value)
+
+
+# -- in the engine: seeded, shown, stored, replayed verbatim ------------------------------------------
+
+
+def test_engine_expands_with_the_image_seed_and_stores_the_text(engine, tiny_request, tmp_path):
+    import json
+
+    from studio.metadata.png import read_text_chunks
+    from studio.outputs import save_result
+
+    plan = engine.plan(tiny_request(prompt="a lighthouse", seed=7, expansion=True))
+    final = plan.prompt.prompt_final
+    assert final.startswith("a lighthouse, ") and plan.prompt.tokens <= 75
+    assert plan.prompt.expansion["seed"] == 7 and not plan.prompt.expansion["replayed"]
+    assert plan.request.expanded_prompt == final
+    assert engine.plan(tiny_request(prompt="a lighthouse", seed=7, expansion=True)).prompt.prompt_final == final
+    assert engine.plan(tiny_request(prompt="a lighthouse", seed=8, expansion=True)).prompt.prompt_final != final
+    assert "prompt_expansion" in {r.code for r in plan.risks}
+    path = save_result(engine.run(plan), tmp_path)[0]["path"]
+    chunks = read_text_chunks(path)
+    assert chunks["parameters"].split("\n")[0] == final
+    assert json.loads(chunks["studio"])["plan"]["request"]["expanded_prompt"] == final
+
+
+def test_replay_uses_the_stored_text_and_never_expands_again(engine, tiny_request, monkeypatch):
+    from studio.prompts import expansion
+
+    plan = engine.plan(tiny_request(prompt="a lighthouse", seed=7, expansion=True))
+
+    def refuse(*a, **k):
+        raise AssertionError("expansion ran again on replay")
+
+    monkeypatch.setattr(expansion, "wordbank_expand", refuse)
+    replay = engine.plan(plan.request)
+    assert replay.prompt.prompt_final == plan.prompt.prompt_final
+    assert replay.prompt.expansion["replayed"] is True
+    # even a hand-edited stored text is used as it is
+    edited = engine.plan(plan.request.model_copy(update={"expanded_prompt": "a lighthouse, by hand"}))
+    assert edited.prompt.prompt_final == "a lighthouse, by hand"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -41,6 +42,7 @@ class Engine:
         self.config = config
         self.registry = ModelRegistry(config.models_dir, config.cache_dir, config.allow_unsafe_pickle)
         self._backends: dict[str, Backend] = {}
+        self._expanders: dict[str, Any] = {}  # causal-LM expanders by folder, loaded once
 
     # -- parts -------------------------------------------------------------------------------
     def backend(self, name: str) -> Backend:
@@ -86,6 +88,9 @@ class Engine:
         generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
         # 4. prompt
         prompt = self._prompt_plan(request)
+        if prompt.expansion is not None:
+            # Written into the plan's request, so a replay of this plan uses the text verbatim.
+            request = request.model_copy(update={"expanded_prompt": prompt.prompt_final})
         # 5. compile prediction and risks
         compile_plan = backend.predict_compile(request, width, height, prompt.chunk_count)
         spec = sampler_spec(request.sampler)
@@ -99,16 +104,41 @@ class Engine:
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
         )
 
+    def _expand(self, request: GenerationRequest) -> tuple[str, Optional[dict]]:
+        """The prompt to encode: as written, expanded (seeded by the first image's seed), or replayed."""
+        if not request.expansion:
+            return request.prompt, None
+        if request.expanded_prompt is not None:
+            return request.expanded_prompt, {"expander": request.expander, "seed": request.seed, "added": None,
+                                             "replayed": True}
+        from studio.prompts import expansion
+
+        if request.expander == "wordbank":
+            result = expansion.wordbank_expand(request.prompt, request.seed, self.tokenizer(),
+                                               request.expansion_new_chunk)
+        else:
+            if not request.expansion_model:
+                raise StudioError("the causal-lm expander needs a model folder (--expansion-model DIR)")
+            folder = str(Path(request.expansion_model).resolve())
+            if folder not in self._expanders:
+                self._expanders[folder] = expansion.CausalLMExpander(folder)
+            result = self._expanders[folder].expand(request.prompt, request.seed, self.tokenizer(),
+                                                    request.expansion_new_chunk)
+        return result.text, {"expander": result.expander, "seed": result.seed, "added": list(result.added),
+                             "replayed": False}
+
     def _prompt_plan(self, request: GenerationRequest) -> PromptPlan:
         tok = self.tokenizer()
-        pos = count_tokens(request.prompt, tok, request.comma_backtrack)
+        final, expansion_info = self._expand(request)
+        pos = count_tokens(final, tok, request.comma_backtrack)
         neg = count_tokens(request.negative_prompt, tok, request.comma_backtrack)
         check_length(pos, "prompt")
         check_length(neg, "negative prompt")
         padded = int(request.chunk_policy.split(":")[1]) if request.chunk_policy.startswith("pad:") else 1
-        return PromptPlan(prompt=request.prompt, prompt_final=request.prompt, negative=request.negative_prompt,
+        return PromptPlan(prompt=request.prompt, prompt_final=final, negative=request.negative_prompt,
                           tokens=pos.tokens, chunks=pos.chunks, negative_tokens=neg.tokens,
-                          negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded))
+                          negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded),
+                          expansion=expansion_info)
 
     def preview_fingerprints(self, plan: Plan) -> list[str]:
         """The initial-noise fingerprints a run of ``plan`` will have (noise is cheap to draw; nothing else runs)."""

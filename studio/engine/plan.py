@@ -42,6 +42,7 @@ class PromptPlan(_Frozen):
     negative_tokens: int
     negative_chunks: int
     chunk_count: int  # chunks both are encoded as (77 tokens each): the larger, or pad:N's N
+    expansion: Optional[dict] = None  # expander, seed, added words, and whether the text was replayed
 
 
 class NoisePlan(_Frozen):

@@ -14,7 +14,8 @@ from studio.settings import AppConfig
 
 # The order the controls reach handlers (and the HTTP API) in.
 CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
-                 "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype")
+                 "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype",
+                 "expansion")
 
 
 def request_values(values: dict) -> dict:
@@ -26,7 +27,7 @@ def request_values(values: dict) -> dict:
         seed_mode=values["seed_mode"], batch=int(values["batch"]), steps=int(values["steps"]),
         cfg=float(values["cfg"]), sampler=values["sampler"], width=int(values["width"]),
         height=int(values["height"]), model=values["model"], noise_source=values["noise_source"],
-        deterministic=bool(values["deterministic"]),
+        deterministic=bool(values["deterministic"]), expansion=bool(values["expansion"]),
         precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
     )
 
@@ -45,8 +46,12 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
         + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
         + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
     ]
+    if plan.prompt.expansion is not None and fingerprints is not None:
+        paragraphs.append(f"**Expanded prompt** (seed {plan.request.seed}, stored and replayed verbatim): "
+                          f"{plan.prompt.prompt_final}")
     if fingerprints is None:
-        paragraphs.append("**Seeds:** drawn when you press Generate")
+        paragraphs.append("**Seeds:** drawn when you press Generate"
+                          + (" (and the expanded prompt with them)" if plan.request.expansion else ""))
     else:
         paragraphs.append("**Seeds · initial-noise fingerprints:** "
                           + ", ".join(f"`{s}` · `{f}`" for s, f in zip(plan.seeds, fingerprints)))
@@ -100,6 +105,8 @@ def build_app(config: AppConfig, model: str = "tiny"):
         except StudioError as exc:
             return gr.update(), error_html(exc.message), gr.update(), gr.update()
         lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {s['path']}" for s in saved]
+        if plan.prompt.expansion is not None:
+            lines.append(f"- expanded prompt: {plan.prompt.prompt_final}")
         info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
                          + [f"- ⚠️ {n}" for n in result.notes])
         next_seed = engine.next_request(request, plan).seed
@@ -115,6 +122,8 @@ def build_app(config: AppConfig, model: str = "tiny"):
                 c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
                 counter = gr.Markdown(token_label(""), elem_id="token-counter")
                 c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative")
+                c["expansion"] = gr.Checkbox(False, label="Prompt expansion (seeded style words)",
+                                             elem_id="expansion")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 error = gr.HTML("", elem_id="error")
                 plan_box = gr.Markdown("", elem_id="plan")
