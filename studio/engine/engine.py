@@ -51,8 +51,12 @@ class Engine:
                 from studio.backends.torch_backend import TorchBackend
 
                 self._backends[name] = TorchBackend()
+            elif name == "openvino":
+                from studio.backends.openvino_backend import OpenVINOBackend
+
+                self._backends[name] = OpenVINOBackend(self.config.cache_dir)
             else:
-                raise StudioError(f"backend {name!r} is not available in this version; use --backend torch")
+                raise StudioError(f"unknown backend {name!r}; use torch or openvino")
         return self._backends[name]
 
     def tokenizer(self):
@@ -157,7 +161,8 @@ class Engine:
     def run(self, plan: Plan, on_step: Optional[StepCallback] = None) -> Result:
         start = time.perf_counter()
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
-        latents = noise.initial_latents(generators, tuple(plan.noise.latent_shape), plan.backend.device)
+        # on the generators' device; the pipeline moves them to where it runs
+        latents = noise.initial_latents(generators, tuple(plan.noise.latent_shape), plan.noise.generator_device)
         fingerprints = noise.image_fingerprints(latents)
         backend = self.backend(plan.backend.name)
         load_s = 0.0
@@ -179,7 +184,7 @@ class Engine:
             step_cb = None if on_step is None else (lambda s, _n, i=i: on_step(i * steps + s, steps * len(generators)))
             outputs.append(backend.generate(plan, load, latents[i : i + 1], [generator], step_cb))
         images = np.concatenate([o.images for o in outputs])
-        compile_events = [e for o in outputs for e in o.compile_events]
+        compile_events = outputs[0].compile_events  # later images reuse the first one's signature
         notes = list(dict.fromkeys(n for o in outputs for n in o.notes))
         total = time.perf_counter() - start
         compile_s = sum(e.get("seconds", 0.0) for e in compile_events if e.get("kind") == "compile")

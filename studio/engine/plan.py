@@ -62,6 +62,7 @@ class CompilePlan(_Frozen):
     signature: str
     will_compile: bool
     reason: str
+    evicts: Optional[str] = None  # the variant the LRU will drop to make room
 
 
 class Plan(_Frozen):

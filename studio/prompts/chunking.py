@@ -66,7 +66,7 @@ def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -
         if weight == BREAK_MARK:
             close()
             continue
-        for token in tokenizer(segment, add_special_tokens=False, truncation=False)["input_ids"]:
+        for token in tokenizer(segment, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]:
             if token == comma:
                 last_comma = len(current.tokens)
             elif (comma_backtrack and len(current.tokens) == CHUNK and last_comma != -1

@@ -1,0 +1,103 @@
+"""Compiled (static-shape) model variants, kept by signature in an LRU, with predictions and events.
+
+A static-shape backend compiles one variant per signature: device, mode, UNet batch (2 with CFG),
+image size, and prompt length in 77-token chunks. A prompt that crosses 75·k tokens or a new
+resolution needs a new compile; a signature still in the LRU is a hit. `predict` says which,
+and why, before anything runs; `activate` does it and reports events with measured seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from studio.engine.plan import CompilePlan
+
+
+@dataclass(frozen=True)
+class Signature:
+    device: str
+    mode: str
+    batch: int  # UNet batch: images per run (1) × 2 with classifier-free guidance
+    width: int
+    height: int
+    chunks: int  # prompt length in 77-token chunks
+
+    def __str__(self) -> str:
+        return f"{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
+
+
+def describe_change(old: Optional[Signature], new: Signature) -> str:
+    if old is None:
+        return "first load"
+    changes = []
+    if (old.width, old.height) != (new.width, new.height):
+        changes.append(f"resolution {old.width}×{old.height}→{new.width}×{new.height}")
+    if old.chunks != new.chunks:
+        boundary = 75 * min(old.chunks, new.chunks)
+        changes.append(f"prompt crossed {boundary} tokens: chunks {old.chunks}→{new.chunks}")
+    if old.batch != new.batch:
+        changes.append(f"batch {old.batch}→{new.batch}")
+    if old.mode != new.mode:
+        changes.append(f"mode {old.mode}→{new.mode}")
+    if old.device != new.device:
+        changes.append(f"device {old.device}→{new.device}")
+    return ", ".join(changes) or "not compiled yet"
+
+
+class CompileManager:
+    def __init__(self, capacity: int = 3):
+        self._lru: OrderedDict[Signature, Any] = OrderedDict()
+        self._evicted: set[Signature] = set()
+        self._last: Optional[Signature] = None
+        self.capacity = capacity
+        self.counters = {"compiles": 0, "hits": 0, "evictions": 0}
+
+    @property
+    def cached(self) -> list[str]:
+        """Signatures held, oldest first."""
+        return [str(s) for s in self._lru]
+
+    def _reason(self, sig: Signature) -> str:
+        if sig in self._evicted:
+            return f"evicted earlier (LRU holds {self.capacity}): " + describe_change(self._last, sig)
+        return describe_change(self._last, sig)
+
+    def predict(self, sig: Signature) -> CompilePlan:
+        if sig in self._lru:
+            return CompilePlan(signature=str(sig), will_compile=False, reason="cached")
+        evicts = next(iter(self._lru)) if len(self._lru) >= self.capacity else None
+        return CompilePlan(signature=str(sig), will_compile=True, reason=self._reason(sig),
+                           evicts=str(evicts) if evicts else None)
+
+    def activate(self, sig: Signature, compile_fn: Callable[[Signature], Any]) -> tuple[Any, list[dict]]:
+        """The compiled variant for ``sig`` (compiling it if needed) and the events that took place."""
+        if sig in self._lru:
+            self._lru.move_to_end(sig)
+            self._last = sig
+            self.counters["hits"] += 1
+            return self._lru[sig], [{"kind": "hit", "signature": str(sig), "reason": "cached", "seconds": 0.0}]
+        reason = self._reason(sig)
+        start = time.perf_counter()
+        compiled = compile_fn(sig)
+        seconds = time.perf_counter() - start
+        events = [{"kind": "compile", "signature": str(sig), "reason": reason, "seconds": round(seconds, 4)}]
+        self._lru[sig] = compiled
+        self._evicted.discard(sig)
+        self._last = sig
+        self.counters["compiles"] += 1
+        return compiled, events + self.resize(self.capacity)
+
+    def resize(self, capacity: int) -> list[dict]:
+        """Set the LRU size; evicts the oldest variants beyond it (a compile also calls this)."""
+        self.capacity = capacity
+        events = []
+        while len(self._lru) > capacity:
+            old, _ = self._lru.popitem(last=False)
+            self._evicted.add(old)
+            self.counters["evictions"] += 1
+            events.append({"kind": "evict", "signature": str(old), "reason": f"LRU holds {capacity}",
+                           "seconds": 0.0})
+        return events

@@ -1,0 +1,48 @@
+"""The recompile manager's bookkeeping: predictions, reasons, hits, LRU eviction order."""
+
+from studio.backends.compile_manager import CompileManager, Signature
+
+
+def sig(w=64, h=64, chunks=1, mode="accuracy", batch=2):
+    return Signature(device="CPU", mode=mode, batch=batch, width=w, height=h, chunks=chunks)
+
+
+def compile_fn(s):
+    return f"compiled {s}"
+
+
+def test_reasons_and_hits():
+    m = CompileManager(capacity=3)
+    assert m.predict(sig()).reason == "first load" and m.predict(sig()).will_compile
+    _, events = m.activate(sig(), compile_fn)
+    assert [e["kind"] for e in events] == ["compile"] and events[0]["reason"] == "first load"
+    p = m.predict(sig(chunks=2))
+    assert p.will_compile and p.reason == "prompt crossed 75 tokens: chunks 1→2"
+    _, events = m.activate(sig(chunks=2), compile_fn)
+    assert events[0]["reason"] == "prompt crossed 75 tokens: chunks 1→2"
+    assert m.predict(sig(w=128, chunks=2)).reason == "resolution 64×64→128×64"
+    assert m.predict(sig(chunks=2, mode="performance")).reason == "mode accuracy→performance"
+    assert m.predict(sig(chunks=2, batch=1)).reason == "batch 2→1"
+    assert not m.predict(sig()).will_compile and m.predict(sig()).reason == "cached"
+    value, events = m.activate(sig(), compile_fn)
+    assert value == f"compiled {sig()}" and [e["kind"] for e in events] == ["hit"]
+    assert m.counters == {"compiles": 2, "hits": 1, "evictions": 0}
+
+
+def test_lru_eviction_order():
+    m = CompileManager(capacity=2)
+    a, b, c = sig(chunks=1), sig(chunks=2), sig(chunks=3)
+    m.activate(a, compile_fn)
+    m.activate(b, compile_fn)
+    m.activate(a, compile_fn)  # a is now the most recent: b goes first
+    assert m.predict(c).evicts == str(b)
+    _, events = m.activate(c, compile_fn)
+    assert [(e["kind"], e["signature"]) for e in events] == [("compile", str(c)), ("evict", str(b))]
+    assert m.cached == [str(a), str(c)]
+    p = m.predict(b)
+    assert p.will_compile and p.reason.startswith("evicted earlier (LRU holds 2)")
+    m.activate(b, compile_fn)
+    assert m.cached == [str(c), str(b)]
+    assert m.counters == {"compiles": 4, "hits": 1, "evictions": 2}
+    events = m.resize(1)
+    assert [e["signature"] for e in events] == [str(c)] and m.cached == [str(b)]

@@ -1,0 +1,132 @@
+"""The OpenVINO backend on CPU with the tiny model: accuracy vs torch, modes, static-shape recompiles."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from studio.errors import StudioError
+
+
+@pytest.fixture(scope="module")
+def ov_engine(config):
+    """A fresh engine: its own compile LRU, the session's IR cache."""
+    from studio.engine.engine import Engine
+
+    return Engine(config)
+
+
+def ov(tiny_request, **overrides):
+    backend = {"name": "openvino", "device": "CPU", "ov_mode": overrides.pop("mode", "accuracy")}
+    overrides.setdefault("lru", 16)  # room for every signature here, unless a test is about eviction
+    return tiny_request(backend=backend, **overrides)
+
+
+def kinds(result):
+    return [(e["kind"], e["reason"]) for e in result.compile_events]
+
+
+def test_accuracy_mode_matches_torch_fp32(ov_engine, tiny_request):
+    torch_result = ov_engine.run(ov_engine.plan(tiny_request(seed=11, sampler="euler_a")))
+    plan = ov_engine.plan(ov(tiny_request, seed=11, sampler="euler_a"))
+    assert plan.backend.precision["unet"] == "fp32" and plan.noise.generator_device == "cpu"
+    result = ov_engine.run(plan)
+    assert result.fingerprints == torch_result.fingerprints
+    diff = np.abs(result.images - torch_result.images).max()
+    assert diff <= 1e-4, diff
+    assert any("ran in fp32 (accuracy mode on CPU)" in n for n in result.notes)
+
+
+def test_performance_mode_runs_and_reports_its_precision(ov_engine, tiny_request):
+    import openvino
+
+    expected = str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
+    plan = ov_engine.plan(ov(tiny_request, mode="performance", seed=11))
+    assert "compiled_performance_mode" in {r.code for r in plan.risks}
+    result = ov_engine.run(plan)
+    ran = result.compile_events[0]["precision"]
+    assert ran == plan.backend.precision["unet"]
+    assert {"bf16": "bf16", "fp16": "f16", "fp32": "f32"}[ran] in expected.replace("float", "f").replace("bfloat16", "bf16")
+    assert np.isfinite(result.images).all()
+    assert any(f"ran in {ran} (performance mode on CPU)" in n for n in result.notes)
+
+
+def test_crossing_75_tokens_compiles_once_then_hits(ov_engine, tiny_request):
+    short = " ".join(["cat"] * 60)
+    long = " ".join(["cat"] * 80)
+    ov_engine.run(ov_engine.plan(ov(tiny_request, prompt=short, width=72, height=72)))
+    plan = ov_engine.plan(ov(tiny_request, prompt=long, width=72, height=72))
+    assert plan.compile.will_compile and plan.compile.reason == "prompt crossed 75 tokens: chunks 1→2"
+    first = ov_engine.run(plan)
+    assert kinds(first) == [("compile", "prompt crossed 75 tokens: chunks 1→2")]
+    again = ov_engine.plan(ov(tiny_request, prompt=long + " dog", width=72, height=72))
+    assert not again.compile.will_compile
+    assert kinds(ov_engine.run(again)) == [("hit", "cached")]
+
+
+def test_resolution_change_is_predicted(ov_engine, tiny_request):
+    ov_engine.run(ov_engine.plan(ov(tiny_request, width=64, height=64)))
+    plan = ov_engine.plan(ov(tiny_request, width=80, height=64))
+    assert plan.compile.will_compile and plan.compile.reason == "resolution 64×64→80×64"
+
+
+def test_lru_evicts_the_oldest_and_recompiles_it(ov_engine, tiny_request):
+    sizes = [(88, 64), (96, 64), (104, 64)]
+    events = [ov_engine.run(ov_engine.plan(ov(tiny_request, width=w, height=h, lru=2))).compile_events
+              for w, h in sizes]
+    assert [e["kind"] for e in events[2]] == ["compile", "evict"]
+    evicted = events[2][1]["signature"]
+    assert ":96x64:" not in evicted  # the most recent before it stays
+    back = ov_engine.plan(ov(tiny_request, width=88, height=64, lru=2))
+    assert back.compile.will_compile and back.compile.reason.startswith("evicted earlier")
+
+
+def test_pad_policy_compiles_once_for_short_and_long_prompts(ov_engine, tiny_request):
+    before = dict(ov_engine.backend("openvino").manager.counters)
+    for words in (10, 140):
+        ov_engine.run(ov_engine.plan(ov(tiny_request, prompt=" ".join(["cat"] * words), chunk_policy="pad:2",
+                                        width=112, height=64)))
+    after = ov_engine.backend("openvino").manager.counters
+    assert after["compiles"] - before["compiles"] == 1 and after["hits"] - before["hits"] == 1
+
+
+def test_positive_one_chunk_negative_three_chunks(ov_engine, tiny_request):
+    plan = ov_engine.plan(ov(tiny_request, prompt="a cat", negative_prompt="ugly BREAK blurry BREAK dark"))
+    assert plan.prompt.chunk_count == 3 and ":231tok" in plan.compile.signature
+    assert np.isfinite(ov_engine.run(plan).images).all()
+
+
+def test_missing_device_is_a_clear_error(ov_engine, tiny_request):
+    with pytest.raises(StudioError, match="OpenVINO device 'NPU' is not available here; devices: CPU"):
+        ov_engine.plan(tiny_request(backend={"name": "openvino", "device": "NPU"}))
+    with pytest.raises(StudioError, match="follow the mode"):
+        ov_engine.plan(ov(tiny_request, precision={"unet": "bf16"}))
+
+
+def test_second_process_loads_the_ir_without_export(cache_dir, tmp_path):
+    """Two CLI processes on one cache folder: the first may export, the second never does."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", STUDIO_CACHE_DIR=str(cache_dir))
+    argv = [sys.executable, "-m", "studio", "generate", "--backend", "openvino", "--device", "CPU", "--steps", "2",
+            "--width", "64", "--height", "64", "--seed", "1", "--out", str(tmp_path), "--json"]
+    notes = []
+    for _ in range(2):
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        notes.append(json.loads(proc.stdout)["jobs"][0]["notes"])
+    assert "openvino: IR loaded from cache (no export)" in notes[1]
+    assert not any("exported" in n for n in notes[1])
+
+
+def test_verify_against_openvino_accuracy(capsys, cache_dir):
+    from studio.cli import main
+
+    code = main(["verify", "--against", "openvino:accuracy", "--seed", "4", "--steps", "3", "--width", "64",
+                 "--height", "64", "--tolerance", "1e-4", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["verdict"] in ("identical", "within_tolerance") and doc["max_abs_diff"] <= 1e-4
+    assert "openvino:accuracy on CPU" in doc["compared"]
