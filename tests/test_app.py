@@ -32,7 +32,8 @@ def controls(**overrides):
 
     values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
                   steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
-                  deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False)
+                  deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
+                  backend="torch", device="cpu", ov_mode="accuracy", chunk_policy="exact")
     values.update(overrides)
     return [values[name] for name in CONTROL_ORDER]
 
@@ -73,6 +74,22 @@ def test_plan_preview_shows_risks_and_fingerprints_before_generate(server):
     assert "vae_not_fp32" in risky and "device_noise" in risky and "from the -gpu sampler name" in risky
     error, _ = client.predict(*controls(unet_dtype="fp16"), api_name="/plan_preview")
     assert "fp16 is not supported on CPU" in error
+
+
+def test_plan_preview_flags_a_recompile(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    ov = dict(backend="openvino", device="CPU", seed=5, batch=1)
+    client.predict(*controls(**ov), api_name="/generate")  # compiles 64×64, one chunk
+    _, cached = client.predict(*controls(**ov), api_name="/plan_preview")
+    assert "Compiled variant cached" in cached
+    _, longer = client.predict(*controls(prompt=" ".join(["cat"] * 80), **ov), api_name="/plan_preview")
+    assert "Will compile" in longer and "prompt crossed 75 tokens: chunks 1→2" in longer
+    _, near = client.predict(*controls(prompt=" ".join(["cat"] * 70), **ov), api_name="/plan_preview")
+    assert "5 tokens to the next 75-token boundary" in near
+    _, bigger = client.predict(*controls(width=96, **ov), api_name="/plan_preview")
+    assert "resolution 64×64→96×64" in bigger
 
 
 def test_token_counter_endpoint(server):

@@ -152,7 +152,7 @@ def test_plan_shows_risks_before_generate(page):
     assert "No reproducibility risks" in wait_text(page, "#plan", "No reproducibility risks")
     find(page, "#error")
     assert text_of(page, "#error").strip() == ""
-    find(page, "button.label-wrap").click()  # the Precision accordion (closed by default)
+    find(page, "#precision button.label-wrap").click()  # the Precision accordion (closed by default)
     choose(page, "#vae-dtype", "bf16")
     plan = wait_text(page, "#plan", "vae_not_fp32")
     assert "No reproducibility risks" not in plan

@@ -15,7 +15,7 @@ from studio.settings import AppConfig
 # The order the controls reach handlers (and the HTTP API) in.
 CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
                  "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype",
-                 "expansion")
+                 "expansion", "backend", "device", "ov_mode", "chunk_policy")
 
 
 def request_values(values: dict) -> dict:
@@ -29,6 +29,8 @@ def request_values(values: dict) -> dict:
         height=int(values["height"]), model=values["model"], noise_source=values["noise_source"],
         deterministic=bool(values["deterministic"]), expansion=bool(values["expansion"]),
         precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
+        backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"]},
+        chunk_policy=values["chunk_policy"],
     )
 
 
@@ -46,6 +48,15 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
         + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
         + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
     ]
+    if plan.compile is not None:
+        c = plan.compile
+        paragraphs.append(f"⚙️ **Will compile** `{c.signature}`: {c.reason}"
+                          + (f" (drops `{c.evicts}` from the cache)" if c.evicts else "")
+                          if c.will_compile else f"✅ **Compiled variant cached:** `{c.signature}` (no recompile)")
+        room = plan.prompt.chunk_count * 75 - max(plan.prompt.tokens, plan.prompt.negative_tokens)
+        if plan.request.chunk_policy == "exact" and room <= 10:
+            paragraphs.append(f"⚠️ {room} tokens to the next 75-token boundary: crossing it recompiles. "
+                              "Chunk policy pad:2 keeps prompts up to 150 tokens on one compiled variant.")
     if plan.prompt.expansion is not None and fingerprints is not None:
         paragraphs.append(f"**Expanded prompt** (seed {plan.request.seed}, stored and replayed verbatim): "
                           f"{plan.prompt.prompt_final}")
@@ -145,7 +156,16 @@ def build_app(config: AppConfig, model: str = "tiny"):
                 c["batch"] = gr.Slider(1, 16, value=1, step=1, label="Images", elem_id="batch")
                 c["width"] = gr.Number(value=64 if small else 512, precision=0, label="Width", elem_id="width")
                 c["height"] = gr.Number(value=64 if small else 512, precision=0, label="Height", elem_id="height")
-                with gr.Accordion("Precision", open=False):
+                with gr.Accordion("Backend", open=False, elem_id="backend-settings"):
+                    c["backend"] = gr.Radio(["torch", "openvino"], value="torch", label="Backend", elem_id="backend")
+                    c["device"] = gr.Textbox(value="cpu", label="Device (torch: cpu, cuda; OpenVINO: CPU, GPU)",
+                                             elem_id="device")
+                    c["ov_mode"] = gr.Radio(["accuracy", "performance"], value="accuracy", label="OpenVINO mode",
+                                            elem_id="ov-mode")
+                    c["chunk_policy"] = gr.Dropdown(["exact", "pad:2", "pad:3", "pad:4"], value="exact",
+                                                    label="Chunk policy (pad prompts so length never recompiles)",
+                                                    elem_id="chunk-policy")
+                with gr.Accordion("Precision", open=False, elem_id="precision"):
                     for part in ("text", "unet", "vae"):
                         c[f"{part}_dtype"] = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32",
                                                          label=f"{part.upper() if part != 'text' else 'Text encoder'}",
