@@ -22,6 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_generate_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="a preset name (presets/) or file; flags given beside it override it")
     p.add_argument("--prompt", action="append", help="a prompt; repeat for several jobs in one process")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt a line")
     p.add_argument("--negative", default=None, help="negative prompt")
@@ -73,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = sub.add_parser("tokens", help="count CLIP tokens in 75-token chunks")
     tokens.add_argument("text")
     tokens.add_argument("--json", action="store_true")
+    preset = sub.add_parser("preset", help="save, compare and import presets")
+    preset_sub = preset.add_subparsers(dest="preset_command", required=True, parser_class=_Parser)
+    save = preset_sub.add_parser("save", help="save the generate flags (planned here) as a preset")
+    save.add_argument("out", type=Path, metavar="OUT.json")
+    _add_generate_flags(save)
+    diff = preset_sub.add_parser("diff", help="what will differ if this preset runs here")
+    diff.add_argument("preset_file", metavar="P", help="preset name or file")
+    diff.add_argument("--models-dir", type=Path)
+    diff.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the models that can be picked")
     models.add_argument("--models-dir", type=Path)
     models.add_argument("--json", action="store_true")
@@ -102,9 +112,26 @@ def _prompts(args) -> list[str]:
     return prompts or [""]
 
 
-def requests_from_args(args):
+def _preset_base(args, registry) -> dict:
+    """Request values from --preset (empty without one), its model located here; notes go to stderr."""
+    if not getattr(args, "preset", None):
+        return {}
+    from studio import presets
+
+    preset, notes = presets.load(args.preset)
+    values = preset.request.model_dump()
+    if args.model is None:
+        values["model"], found = presets.locate_model(preset, registry)
+        notes += found
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return values
+
+
+def requests_from_args(args, registry=None):
     from studio.settings import build_request
 
+    base = _preset_base(args, registry) if registry is not None else {}
     values: dict = {}
     simple = {"negative": "negative_prompt", "seed": "seed", "seed_mode": "seed_mode", "batch": "batch",
               "steps": "steps", "cfg": "cfg", "sampler": "sampler", "width": "width", "height": "height",
@@ -118,10 +145,16 @@ def requests_from_args(args):
         values["expansion"] = args.expansion == "on"
     backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode)) if v}
     if backend:
-        values["backend"] = backend
+        values["backend"] = {**base.get("backend", {}), **backend}
     if args.dtype:
-        values["precision"] = _precision(args.dtype)
-    return [build_request(**values, prompt=p) for p in _prompts(args)]
+        values["precision"] = {**base.get("precision", {}), **_precision(args.dtype)}
+    merged = {**base, **values}
+    given = _prompts(args)
+    if given == [""] and "prompt" in base:
+        given = [base["prompt"]]  # no prompt flag: the preset's prompt
+    elif given != [base.get("prompt")]:
+        merged.pop("expanded_prompt", None)  # a new prompt: the preset's expanded text does not apply
+    return [build_request(**{**merged, "prompt": p}) for p in given]
 
 
 def _config(args):
@@ -143,8 +176,8 @@ def cmd_generate(args) -> dict:
     from studio.engine.engine import Engine
     from studio.outputs import save_result
 
-    requests = requests_from_args(args)  # every job is validated before the first one runs
     engine = Engine(_config(args))
+    requests = requests_from_args(args, engine.registry)  # every job is validated before the first one runs
     jobs, totals = [], {"total_s": 0.0, "compile_s": 0.0, "steps": 0, "run_s": 0.0}
     plan = None
     carried_seed = None
@@ -186,10 +219,11 @@ def cmd_generate(args) -> dict:
 def cmd_plan(args) -> dict:
     from studio.engine.engine import Engine
 
-    requests = requests_from_args(args)
+    engine = Engine(_config(args))
+    requests = requests_from_args(args, engine.registry)
     if len(requests) > 1:
         raise StudioError("plan takes one prompt; give --prompt once")
-    plan = Engine(_config(args)).plan(requests[0])
+    plan = engine.plan(requests[0])
     _note_untrained(plan, args.json)
     return plan.to_json_dict()
 
@@ -212,6 +246,38 @@ def cmd_models(args) -> dict:
     if not args.json:
         print("\n".join(names))
     return {"models": names, "models_dir": str(config.models_dir)}
+
+
+def cmd_preset(args) -> dict:
+    from studio import presets
+    from studio.engine.engine import Engine
+    from studio.repro import diff, environment
+    from studio.settings import Preset
+
+    engine = Engine(_config(args))
+    if args.preset_command == "save":
+        requests = requests_from_args(args, engine.registry)
+        if len(requests) > 1:
+            raise StudioError("a preset holds one prompt; give --prompt once")
+        plan = engine.plan(requests[0])
+        preset = Preset(name=args.out.stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
+                        request=plan.request, plan=plan.to_json_dict(),
+                        made_on=environment.made_on(plan.backend.device, plan.backend.precision))
+        path = presets.save(preset, args.out)
+        if not args.json:
+            print(path)
+        return {"path": str(path), "preset": preset.to_json_dict()}
+    preset, notes = presets.load(args.preset_file)
+    model, found = presets.locate_model(preset, engine.registry)
+    request = preset.request.model_copy(update={"model": model})
+    here = engine.plan(request)
+    report = diff.compare(preset, here, environment.made_on(here.backend.device, here.backend.precision))
+    report["notes"] = notes + found
+    if not args.json:
+        print(f"expected: {report['expected']}")
+        for d in report["differences"]:
+            print(f"- {d['field']}: {d['preset']} → {d['here']} [{d['effect']}] {d['fix']}")
+    return report
 
 
 def _against(spec: str, request):
@@ -245,10 +311,10 @@ def cmd_verify(args) -> dict:
     else:
         from studio.engine.engine import Engine
 
-        requests = requests_from_args(args)
+        engine = Engine(_config(args))
+        requests = requests_from_args(args, engine.registry)
         if len(requests) > 1:
             raise StudioError("verify takes one prompt; give --prompt once")
-        engine = Engine(_config(args))
         first = engine.plan(requests[0])
         second_request = first.request if args.twice else _against(args.against, first.request)
         second = engine.plan(second_request)  # the first plan's seed, so both draw the same noise
@@ -268,7 +334,7 @@ def cmd_verify(args) -> dict:
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
-            "verify": cmd_verify}
+            "verify": cmd_verify, "preset": cmd_preset}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_process()
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "plan", "verify"):
+        if args.command in ("generate", "plan", "verify", "preset"):
             from studio.runtime import quiet_libraries
 
             quiet_libraries()

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from studio.engine.samplers import SAMPLERS, split_alias, unknown_sampler_message
 from studio.errors import StudioError
@@ -125,3 +125,61 @@ def build_request(**values) -> GenerationRequest:
         return GenerationRequest(**values)
     except ValidationError as exc:
         raise StudioError(validation_message(exc)) from None
+
+
+PRESET_SCHEMA_VERSION = 1
+
+
+class PresetModel(_Strict):
+    file: str = Field(description="a built-in model or a name in the models folder (never a path)")
+    sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # A preset comes from elsewhere: it may name a model, never point into this machine's disk.
+        if not v or v.startswith(("/", "\\", "~")) or "/" in v or "\\" in v or v in (".", "..") or ":" in v:
+            raise ValueError(f"{v!r} must be a model name in the models folder, not a path")
+        return v
+
+
+class MadeOn(_Strict):
+    os: str
+    python: str
+    torch: Optional[str] = None
+    diffusers: Optional[str] = None
+    transformers: Optional[str] = None
+    openvino: Optional[str] = None
+    optimum_intel: Optional[str] = None
+    device: str
+    device_name: str
+    cpu: str
+    cpu_flags: list[str] = []
+    inference_precision: dict[str, str] = {}
+
+
+class Preset(_Strict):
+    """A versioned, shareable set of settings: enough to reproduce an image on another machine."""
+
+    schema_version: Literal[1] = PRESET_SCHEMA_VERSION
+    name: Optional[str] = None
+    description: Optional[str] = None
+    model: PresetModel
+    request: GenerationRequest = Field(description="every generation setting; its model is `model.file`")
+    made_on: Optional[MadeOn] = None
+    plan: Optional[dict] = Field(default=None, description="the Plan made where the preset was saved")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _request_model_from_model(cls, data):
+        # The model is named once, in `model`; the request inside takes it from there.
+        if isinstance(data, dict) and isinstance(data.get("request"), dict) and isinstance(data.get("model"), dict):
+            if "model" in data["request"]:
+                raise ValueError("request.model: unknown key (the model is named in `model.file`)")
+            data = {**data, "request": {**data["request"], "model": data["model"].get("file", "")}}
+        return data
+
+    def to_json_dict(self) -> dict:
+        out = self.model_dump(mode="json", exclude_none=True)
+        out["request"].pop("model", None)
+        return out

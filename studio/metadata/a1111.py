@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 from studio.engine.plan import Plan
 from studio.engine.samplers import SAMPLERS
+from studio.errors import StudioError
 
 
 def _quote(value) -> str:
@@ -41,3 +43,261 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         lines.append(f"Negative prompt: {plan.prompt.negative}")
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading: A1111 infotext (and what Forge, SD.Next, civitai and studio itself write) → values.
+# The parser takes any text and never raises anything but StudioError (for input over 64 KiB).
+
+MAX_INFOTEXT_BYTES = 64 * 1024
+NEGATIVE_PREFIX = "Negative prompt:"
+_MAX_JSON_VALUES = 64  # bounded work for unquoted JSON values ({...} / [...]) on one line
+
+_FIELD_END = re.compile(r"[:,]")
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_KEY = re.compile(r"\w[\w \-/.()+#']*")
+_SIZE = re.compile(r"(\d{1,5})\s*x\s*(\d{1,5})")
+_HASH = re.compile(r"[0-9a-fA-F]{8,64}")
+_CORE_FIELDS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
+
+# A1111 sampler label → studio sampler, as A1111 names them up to 1.8 (the schedule in the name).
+_A1111_SAMPLERS = {spec.a1111_name.casefold(): spec.name for spec in SAMPLERS.values() if spec.a1111_name}
+# A1111 ≥ 1.9 writes `Sampler: DPM++ 2M, Schedule type: Karras`; "Automatic" means the
+# sampler's own default schedule (karras for DPM++ 2M and DPM++ SDE, exponential for DPM++ 2M SDE).
+_AUTOMATIC_SCHEDULE = {"dpm++ 2m": "karras", "dpm++ sde": "karras", "dpm++ 2m sde": "exponential"}
+_PLAIN_SCHEDULES = {"uniform", "automatic"}
+
+
+def _split_fields(line: str) -> tuple[dict[str, str], list[str]]:
+    """`key: value, key: "json, quoted", ...` → ({key: value}, [segments that are no `key: value`]).
+
+    Linear in the line's length: every scan starts where the last one ended.
+    """
+    fields: dict[str, str] = {}
+    skipped: list[str] = []
+    json_tries = 0
+    pos, n = 0, len(line)
+    decoder = json.JSONDecoder()
+    while pos < n:
+        while pos < n and line[pos].isspace():
+            pos += 1
+        if pos >= n:
+            break
+        end = _FIELD_END.search(line, pos)
+        if end is None or end.group() == ",":
+            stop = n if end is None else end.start()
+            if line[pos:stop].strip():
+                skipped.append(line[pos:stop].strip())
+            pos = stop + 1
+            continue
+        key = line[pos:end.start()].strip()
+        j = end.end()
+        while j < n and line[j] in " \t":
+            j += 1
+        value = None
+        if j < n and line[j] == '"':
+            m = _QUOTED.match(line, j)
+            if m is not None:
+                after = m.end()
+                while after < n and line[after] in " \t":
+                    after += 1
+                if after >= n or line[after] == ",":
+                    try:
+                        loaded = json.loads(m.group())
+                    except (ValueError, RecursionError):
+                        loaded = None
+                    value = loaded if isinstance(loaded, str) else m.group()[1:-1]
+                    stop = after
+        elif j < n and line[j] in "{[" and json_tries < _MAX_JSON_VALUES:
+            # civitai writes `Hashes: {"model": "..."}` unquoted; keep the JSON text whole.
+            json_tries += 1
+            try:
+                _, after = decoder.raw_decode(line, j)
+            except (ValueError, RecursionError):
+                after = None
+            if after is not None:
+                raw_end = after
+                while after < n and line[after] in " \t":
+                    after += 1
+                if after >= n or line[after] == ",":
+                    value = line[j:raw_end]
+                    stop = after
+        if value is None:
+            comma = line.find(",", j)
+            stop = n if comma < 0 else comma
+            value = line[j:stop].strip()
+        if _KEY.fullmatch(key):
+            fields.pop(key, None)  # a repeated key: the last one wins, at the last place
+            fields[key] = value
+        else:
+            skipped.append(line[pos:stop].strip())
+        pos = stop + 1
+    return fields, skipped
+
+
+def _is_parameters_line(line: str) -> tuple[bool, dict[str, str]]:
+    fields, skipped = _split_fields(line)
+    # A1111's own test is "three or more `key: value` pairs"; stricter here, so that a prompt like
+    # `style: anime, mood: dark, light: soft` stays a prompt: one of A1111's core fields is there,
+    # and nothing is left over unless the line starts the way every A1111 parameters line does.
+    ok = (len(fields) >= 3 and any(k in fields for k in _CORE_FIELDS)
+          and (not skipped or line.lstrip().startswith("Steps:")))
+    return ok, fields
+
+
+def _valid(**values) -> bool:
+    """Would GenerationRequest accept these values (its ranges, its sampler names)?"""
+    from studio.settings import GenerationRequest
+
+    try:
+        GenerationRequest(**values)
+    except Exception:  # ValidationError, or anything odd a hostile value provokes
+        return False
+    return True
+
+
+def _a1111_sampler(sampler: str, schedule: str | None) -> str | None:
+    name = " ".join(sampler.split()).casefold()
+    if schedule is None:
+        return _A1111_SAMPLERS.get(name)
+    sched = " ".join(schedule.split()).casefold()
+    if sched == "automatic":
+        sched = _AUTOMATIC_SCHEDULE.get(name, "uniform")
+    if sched in _PLAIN_SCHEDULES:
+        return _A1111_SAMPLERS.get(name)
+    if sched == "karras":
+        if name.endswith(" karras"):
+            return _A1111_SAMPLERS.get(name)
+        return _A1111_SAMPLERS.get(name + " karras")
+    return None
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    if not re.fullmatch(r"[+-]?\d{1,20}", text):
+        return None
+    return int(text)
+
+
+def _float(text: str) -> float | None:
+    text = text.strip()
+    if not re.fullmatch(r"[+-]?(\d{1,20}(\.\d{0,20})?|\.\d{1,20})([eE][+-]?\d{1,3})?", text):
+        return None
+    return float(text)
+
+
+def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | None, dict[str, str]]:
+    """Fields → (request values, model hash, fields that did not map)."""
+    request: dict = {}
+    used: set[str] = set()
+
+    def take(key: str, field: str, value) -> None:
+        if value is not None and _valid(**{field: value}):
+            request[field] = value
+            used.add(key)
+
+    if "Steps" in fields:
+        take("Steps", "steps", _int(fields["Steps"]))
+    if "CFG scale" in fields:
+        cfg = _float(fields["CFG scale"])
+        take("CFG scale", "cfg", cfg)
+    if "Seed" in fields:
+        take("Seed", "seed", _int(fields["Seed"]))
+    if "Size" in fields:
+        m = _SIZE.fullmatch(fields["Size"].strip())
+        if m and _valid(width=int(m.group(1)), height=int(m.group(2))):
+            request["width"], request["height"] = int(m.group(1)), int(m.group(2))
+            used.add("Size")
+    if "Sampler" in fields:
+        schedule = fields.get("Schedule type")
+        ours = _a1111_sampler(fields["Sampler"], schedule)
+        if ours is not None and _valid(sampler=ours):
+            request["sampler"] = ours
+            used.add("Sampler")
+            if schedule is not None:
+                used.add("Schedule type")
+        else:
+            what = fields["Sampler"] + (f" with schedule {schedule}" if schedule is not None else "")
+            notes.append(f"sampler {what!r} has no studio equivalent; left out")
+    if "Clip skip" in fields:
+        take("Clip skip", "clip_skip", _int(fields["Clip skip"]))
+    if "RNG" in fields:
+        rng = fields["RNG"].strip().upper()
+        if rng == "CPU":
+            take("RNG", "noise_source", "cpu")
+        elif rng in ("GPU", "NV"):
+            take("RNG", "noise_source", "device")
+            if rng == "NV":
+                notes.append("RNG NV (A1111's NVIDIA-like noise on the CPU) maps to device noise; images may differ")
+    if "Model" in fields and fields["Model"].strip():
+        take("Model", "model", fields["Model"].strip())
+    if "VAE precision" in fields:
+        take("VAE precision", "precision", {"vae": fields["VAE precision"].strip()})
+    if "Backend" in fields:
+        parts = fields["Backend"].split()
+        if len(parts) == 1 and parts[0] == "torch":
+            take("Backend", "backend", {"name": "torch"})
+        elif len(parts) == 2 and parts[0] == "openvino":
+            take("Backend", "backend", {"name": "openvino", "ov_mode": parts[1]})
+    model_hash = None
+    if "Model hash" in fields and _HASH.fullmatch(fields["Model hash"].strip()):
+        model_hash = fields["Model hash"].strip().lower()
+        used.add("Model hash")
+    unknown = {k: v for k, v in fields.items() if k not in used}
+    return request, model_hash, unknown
+
+
+def parse_infotext(text: str) -> dict:
+    """A1111 infotext → {"prompt", "negative_prompt", "fields", "request", "model_hash", "unknown", "notes"}.
+
+    `fields` keeps every `key: value` of the parameters line, in order, values unquoted;
+    `request` holds GenerationRequest values for what maps and is valid (prompt and negative
+    prompt included); `unknown` the fields that did not map (or did not parse, or are out of
+    range). Text without a parameters line is all prompt. Raises StudioError only, for text
+    over 64 KiB.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        if len(text) > MAX_INFOTEXT_BYTES:
+            raise StudioError(f"infotext too long: over {MAX_INFOTEXT_BYTES // 1024} KiB")
+        text = bytes(text).decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        raise StudioError(f"infotext must be text, not {type(text).__name__}")
+    if len(text) > MAX_INFOTEXT_BYTES or len(text.encode("utf-8", errors="surrogatepass")) > MAX_INFOTEXT_BYTES:
+        raise StudioError(f"infotext too long: over {MAX_INFOTEXT_BYTES // 1024} KiB; "
+                          "A1111 parameters are a few lines")
+    lines = [line[:-1] if line.endswith("\r") else line for line in text.strip().split("\n")]
+    fields: dict[str, str] = {}
+    if lines and lines[-1].strip():
+        ok, parsed = _is_parameters_line(lines[-1])
+        if ok:
+            fields = parsed
+            lines.pop()
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    for line in lines:
+        if not negative_lines and line.startswith(NEGATIVE_PREFIX):
+            negative_lines.append(line[len(NEGATIVE_PREFIX):].lstrip(" "))
+        elif negative_lines:
+            negative_lines.append(line)
+        else:
+            prompt_lines.append(line)
+    prompt = "\n".join(prompt_lines).strip()
+    negative = "\n".join(negative_lines).strip()
+    notes: list[str] = []
+    request, model_hash, unknown = _map_fields(fields, notes)
+    values: dict = {}
+    if _valid(prompt=prompt):
+        values["prompt"] = prompt
+    if negative and _valid(negative_prompt=negative):
+        values["negative_prompt"] = negative
+    values.update(request)
+    return {"prompt": prompt, "negative_prompt": negative, "fields": fields, "request": values,
+            "model_hash": model_hash, "unknown": unknown, "notes": notes}
+
+
+def to_request_values(parsed: dict) -> dict:
+    """The GenerationRequest values of a parse_infotext result, checked together (what fails is dropped)."""
+    values = dict(parsed.get("request") or {})
+    if _valid(**values):
+        return values
+    return {k: v for k, v in values.items() if _valid(**{k: v})}

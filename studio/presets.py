@@ -1,0 +1,123 @@
+"""Preset files: JSON only, at most 1 MB, validated against the schema, older versions migrated.
+
+A preset is untrusted data from another machine: it is parsed as JSON (never executed), checked
+field by field (unknown keys and wrong types are named), and may name a model but never a path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from studio.errors import StudioError
+from studio.fsutil import atomic_write_bytes
+from studio.settings import PRESET_SCHEMA_VERSION, Preset, validation_message
+
+MAX_BYTES = 1 << 20
+SHIPPED = Path(__file__).resolve().parents[1] / "presets"
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.json")) if SHIPPED.is_dir() else []
+
+
+def find(name_or_path: str) -> Path:
+    """A preset by name (from presets/) or by path."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    if "/" not in name_or_path and (SHIPPED / f"{name_or_path}.json").is_file():
+        return SHIPPED / f"{name_or_path}.json"
+    names = ", ".join(shipped_names()) or "none shipped"
+    raise StudioError(f"preset {name_or_path!r} not found: give a file path or one of: {names}")
+
+
+def _migrate_v0(data: dict) -> dict:
+    """Schema 0 (before the first release): the request fields flat at the top, the model a string."""
+    flat = {k: v for k, v in data.items() if k not in ("schema_version", "name", "description", "model")}
+    model = data.get("model", "tiny")
+    return {"schema_version": 1, "name": data.get("name"), "description": data.get("description"),
+            "model": {"file": model} if isinstance(model, str) else model, "request": flat}
+
+
+MIGRATIONS = {0: _migrate_v0}
+
+
+def parse(text: str | bytes, origin: str = "preset") -> tuple[Preset, list[str]]:
+    """The preset in ``text`` and notes (e.g. a migration); a StudioError names what is wrong."""
+    if len(text) > MAX_BYTES:
+        raise StudioError(f"{origin} is larger than 1 MB; a preset is a small JSON file")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise StudioError(f"{origin} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise StudioError(f"{origin} must be a JSON object")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise StudioError(f"{origin} has no schema_version: not a studio preset (for Fooocus or A1111 settings "
+                          "use `studio preset import`)")
+    if version > PRESET_SCHEMA_VERSION:
+        raise StudioError(f"{origin} uses preset schema_version {version}; this studio reads up to "
+                          f"{PRESET_SCHEMA_VERSION}: update studio to open it")
+    notes = []
+    while version < PRESET_SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise StudioError(f"{origin} uses preset schema_version {version}, which studio cannot migrate")
+        data = MIGRATIONS[version](data)
+        notes.append(f"migrated {origin} from schema_version {version} to {data['schema_version']}; "
+                     "save it again to keep the new form")
+        version = data["schema_version"]
+    try:
+        return Preset.model_validate(data), notes
+    except ValidationError as exc:
+        raise StudioError(f"{origin}: {validation_message(exc)}") from None
+    except RecursionError:
+        raise StudioError(f"{origin} is nested too deeply") from None
+
+
+def load(name_or_path: str) -> tuple[Preset, list[str]]:
+    path = find(name_or_path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise StudioError(f"preset {path} is larger than 1 MB; a preset is a small JSON file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise StudioError(f"cannot read preset {path}: {exc.strerror}") from None
+    return parse(data, f"preset {path.name}")
+
+
+def save(preset: Preset, path: Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise StudioError(f"{path}: a preset file ends in .json")
+    atomic_write_bytes(path, (json.dumps(preset.to_json_dict(), indent=2, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+def locate_model(preset: Preset, registry) -> tuple[str, list[str]]:
+    """The model to run for ``preset`` here: by name, else by sha256 among the models that are here."""
+    import difflib
+
+    want = preset.model
+    try:
+        registry.resolve(want.file)
+        return want.file, []
+    except StudioError:
+        pass
+    available = registry.available()
+    if want.sha256:
+        for name in available:
+            try:
+                if registry.sha256(registry.resolve(name)) == want.sha256:
+                    return name, [f"model {want.file} is here as {name} (same sha256)"]
+            except StudioError:
+                continue
+    close = difflib.get_close_matches(want.file, available, n=1, cutoff=0.4)
+    hash_text = f" (sha256 {want.sha256[:10]}…)" if want.sha256 else ""
+    hint = f"; the closest here by name is {close[0]}" if close else ""
+    raise StudioError(f"the preset's model {want.file}{hash_text} is not here: put it in the models folder"
+                      f"{hint}, or override it with --model")

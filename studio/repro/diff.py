@@ -1,0 +1,97 @@
+"""The cross-machine report: a preset's Plan (made there) against the Plan re-made here.
+
+Each difference has an effect: `none` (the image is the same), `drift` (small numeric drift,
+within tolerance) or `different` (another image), and a fix. The worst effect is the verdict:
+`identical`, `drift` or `different`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from studio.engine.plan import Plan
+from studio.settings import Preset
+
+EFFECT_ORDER = {"none": 0, "drift": 1, "different": 2}
+VERDICT = {0: "identical", 1: "drift", 2: "different"}
+
+
+@dataclass
+class Difference:
+    field: str
+    preset: Any
+    here: Any
+    effect: str
+    fix: str
+
+
+def _get(d: Optional[dict], dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
+    there = preset.plan or {}
+    env = preset.made_on.model_dump() if preset.made_on else {}
+    mine = here.to_json_dict()
+    out: list[Difference] = []
+
+    def add(field, a, b, effect, fix):
+        out.append(Difference(field, a, b, effect, fix))
+
+    # the weights
+    if preset.model.sha256 and preset.model.sha256 != here.model.sha256:
+        add("model.sha256", preset.model.sha256, here.model.sha256, "different",
+            f"put the model with sha256 {preset.model.sha256[:10]}… in the models folder as {preset.model.file}")
+    if preset.model.file != here.model.name:
+        add("model.file", preset.model.file, here.model.name, "none", "the same weights under another name")
+    # the seed
+    if preset.request.seed_mode == "random" or preset.request.seed is None:
+        add("request.seed_mode", preset.request.seed_mode, "a new seed each run", "different",
+            "save the preset with a fixed seed (--seed N --seed-mode fixed)")
+    # the prompt
+    if preset.request.expansion:
+        if preset.request.expanded_prompt is not None:
+            add("request.expanded_prompt", "stored", "replayed verbatim", "none",
+                "nothing: the stored expanded text is used, expansion does not run again")
+        else:
+            add("request.expanded_prompt", None, "expanded here from the seed", "drift",
+                "save the preset from a run so it stores the expanded text")
+    # the noise
+    there_gen, here_gen = _get(there, "noise.generator_device"), here.noise.generator_device
+    if here.noise.source == "device" or (there_gen and there_gen != "cpu"):
+        there_name = env.get("device_name")
+        here_name = here_env.get("device_name")
+        if there_gen != here_gen or there_name != here_name:
+            add("noise.generator_device", f"{there_gen} ({there_name})", f"{here_gen} ({here_name})", "different",
+                "use noise source cpu (--noise-source cpu, no -gpu sampler) on both machines")
+    # the backend and the precision really in force
+    for field in ("backend.name", "backend.mode"):
+        a, b = _get(there, field), _get(mine, field)
+        if there and a != b:
+            add(field, a, b, "drift", f"use the same {field.split('.')[1]} as the preset ({a}) to reduce drift")
+    for component in ("text", "unet", "vae"):
+        a = _get(there, f"backend.precision.{component}")
+        b = here.backend.precision.get(component)
+        if there and a != b:
+            add(f"backend.precision.{component}", a, b, "drift",
+                f"run the {component} in {a} here, or both in fp32 (OpenVINO: accuracy mode)")
+    # the machine
+    for package in ("torch", "diffusers", "transformers", "openvino", "optimum_intel"):
+        if env and env.get(package) != here_env.get(package):
+            add(f"made_on.{package}", env.get(package), here_env.get(package), "drift",
+                f"install {package.replace('_', '-')}=={env.get(package)} for bit-identical results")
+    if env and env.get("device_name") != here_env.get("device_name") and not any(
+            d.field == "noise.generator_device" for d in out):
+        add("made_on.device_name", env.get("device_name"), here_env.get("device_name"), "drift",
+            "another processor rounds differently; results stay within tolerance with fp32 and CPU noise")
+    low = here.backend.name == "openvino" and here.backend.mode == "performance"
+    if env and low and env.get("cpu_flags") != here_env.get("cpu_flags"):
+        add("made_on.cpu_flags", env.get("cpu_flags"), here_env.get("cpu_flags"), "drift",
+            "performance mode picks its precision from CPU features (bf16 with avx512_bf16/AMX): use accuracy mode")
+    worst = max((EFFECT_ORDER[d.effect] for d in out), default=0)
+    return {"expected": VERDICT[worst], "differences": [asdict(d) for d in out]}
