@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+# This file is named like the library it measures: keep its own folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 

@@ -116,3 +116,31 @@ def test_default_bind_is_loopback():
     assert build_parser().parse_args([]).listen == "127.0.0.1"
     assert build_parser().parse_args(["--listen"]).listen == "0.0.0.0"
     assert build_parser().parse_args([]).port == 7865
+
+
+def test_opening_a_preset_fills_the_controls_and_reports(server, tmp_path):
+    import json
+
+    from gradio_client import Client, handle_file
+
+    from studio.ui.app import CONTROL_ORDER
+
+    client = Client(server, verbose=False)
+    out = client.predict("reproducible", None, api_name="/open_preset")
+    values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
+    error, report = out[len(CONTROL_ORDER):]
+    assert error == "" and values["sampler"] == "euler_a" and values["deterministic"] is True
+    assert values["seed"] == 12345 and values["noise_source"] == "cpu"
+    assert "expected: the same image" in report
+    there = {"schema_version": 1, "model": {"file": "tiny", "sha256": "0" * 64},
+             "request": {"seed": 1, "expansion": True, "expanded_prompt": "a cat, film grain"}}
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(there))
+    out = client.predict(None, handle_file(str(path)), api_name="/open_preset")
+    values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
+    error, report = out[len(CONTROL_ORDER):]
+    assert values["prompt"] == "a cat, film grain" and values["expansion"] is False  # replayed verbatim
+    assert "expected: a different image" in report and "model.sha256" in report
+    path.write_text(json.dumps({"schema_version": 9}))
+    error = client.predict(None, handle_file(str(path)), api_name="/open_preset")[len(CONTROL_ORDER)]
+    assert "schema_version 9" in error and "update studio" in error

@@ -34,6 +34,31 @@ def request_values(values: dict) -> dict:
     )
 
 
+def control_values(request) -> dict:
+    """GenerationRequest → UI control values (the inverse of request_values)."""
+    r = request
+    return dict(
+        prompt=r.prompt, negative_prompt=r.negative_prompt, seed=-1 if r.seed is None else r.seed,
+        seed_mode=r.seed_mode, batch=r.batch, steps=r.steps, cfg=r.cfg, sampler=r.sampler,
+        width=r.width or 512, height=r.height or 512, model=r.model, noise_source=r.noise_source,
+        deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
+        vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
+        ov_mode=r.backend.ov_mode, chunk_policy=r.chunk_policy,
+    )
+
+
+def report_markdown(report: dict, notes: list[str]) -> str:
+    """The cross-machine report shown when a preset is opened."""
+    verdict = {"identical": "✅ expected: the same image as where it was made",
+               "drift": "≈ expected: small numeric drift (within tolerance)",
+               "different": "⚠️ expected: a different image"}[report["expected"]]
+    lines = [f"**Preset report** — {verdict}"]
+    lines += [f"- **{d['field']}**: {d['preset']} → {d['here']} *({d['effect']})*: {d['fix']}"
+              for d in report["differences"]]
+    lines += [f"- note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
 def error_html(message: str) -> str:
     return f'<div class="studio-error">error: {html.escape(message)}</div>'
 
@@ -78,8 +103,10 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
 def build_app(config: AppConfig, model: str = "tiny"):
     import gradio as gr
 
+    from studio import presets
     from studio.engine.engine import Engine
     from studio.models.demo import BUILTINS, UNTRAINED_NOTE
+    from studio.repro import diff, environment
     from studio.outputs import save_result
     from studio.prompts.chunking import count_tokens
     from studio.settings import build_request
@@ -106,6 +133,30 @@ def build_app(config: AppConfig, model: str = "tiny"):
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None
         return "", plan_markdown(plan, None if drawn_later else engine.preview_fingerprints(plan))
+
+    def open_preset(name, upload):
+        """Load a shipped preset (by name) or an uploaded file, fill the controls, and report differences."""
+        keep = [gr.update() for _ in CONTROL_ORDER]
+        try:
+            if upload:
+                with open(upload, "rb") as f:
+                    preset, notes = presets.parse(f.read(), "uploaded preset")
+            elif name:
+                preset, notes = presets.load(name)
+            else:
+                raise StudioError("pick a preset or upload a preset file")
+            model, found = presets.locate_model(preset, engine.registry)
+            request = preset.request.model_copy(update={"model": model})
+            plan = engine.plan(request)
+            here_env = environment.made_on(plan.backend.device, plan.backend.precision)
+            report = diff.compare(preset, plan, here_env)
+        except StudioError as exc:
+            return [*keep, error_html(exc.message), ""]
+        values = control_values(request)
+        if request.expansion and request.expanded_prompt is not None:
+            # Replayed verbatim: the stored expanded text goes into the prompt and expansion is not run again.
+            values.update(prompt=request.expanded_prompt, expansion=False)
+        return [*[values[n] for n in CONTROL_ORDER], "", report_markdown(report, notes + found)]
 
     def generate(*values, progress=gr.Progress()):
         try:
@@ -137,6 +188,7 @@ def build_app(config: AppConfig, model: str = "tiny"):
                                              elem_id="expansion")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 error = gr.HTML("", elem_id="error")
+                report_box = gr.Markdown("", elem_id="preset-report")
                 plan_box = gr.Markdown("", elem_id="plan")
                 info = gr.Markdown("", elem_id="info")
             with gr.Column(scale=2):
@@ -156,6 +208,12 @@ def build_app(config: AppConfig, model: str = "tiny"):
                 c["batch"] = gr.Slider(1, 16, value=1, step=1, label="Images", elem_id="batch")
                 c["width"] = gr.Number(value=64 if small else 512, precision=0, label="Width", elem_id="width")
                 c["height"] = gr.Number(value=64 if small else 512, precision=0, label="Height", elem_id="height")
+                with gr.Accordion("Presets", open=False, elem_id="presets"):
+                    preset_name = gr.Dropdown(presets.shipped_names(), value=None, label="Preset",
+                                              elem_id="preset-name")
+                    preset_upload = gr.File(label="…or a preset file (.json)", file_types=[".json"],
+                                            type="filepath", elem_id="preset-file")
+                    open_button = gr.Button("Open preset", elem_id="open-preset")
                 with gr.Accordion("Backend", open=False, elem_id="backend-settings"):
                     c["backend"] = gr.Radio(["torch", "openvino"], value="torch", label="Backend", elem_id="backend")
                     c["device"] = gr.Textbox(value="cpu", label="Device (torch: cpu, cuda; OpenVINO: CPU, GPU)",
@@ -177,4 +235,6 @@ def build_app(config: AppConfig, model: str = "tiny"):
             control.change(preview, controls, [error, plan_box], show_progress="hidden")
         app.load(preview, controls, [error, plan_box], api_name="plan_preview")
         run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate")
+        open_button.click(open_preset, [preset_name, preset_upload], [*controls, error, report_box],
+                          api_name="open_preset")
     return app
