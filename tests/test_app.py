@@ -144,3 +144,11 @@ def test_opening_a_preset_fills_the_controls_and_reports(server, tmp_path):
     path.write_text(json.dumps({"schema_version": 9}))
     error = client.predict(None, handle_file(str(path)), api_name="/open_preset")[len(CONTROL_ORDER)]
     assert "schema_version 9" in error and "update studio" in error
+
+
+def test_app_starts_from_a_preset(config):
+    from studio.ui.app import build_app
+
+    app = build_app(config, preset="reproducible")
+    values = {getattr(b, "elem_id", None): getattr(b, "value", None) for b in app.blocks.values()}
+    assert values["sampler"] == "euler_a" and values["seed"] == 12345 and values["deterministic"] is True

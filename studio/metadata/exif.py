@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image
+from PIL import Image, TiffImagePlugin, TiffTags
 
 from studio.errors import StudioError
 
@@ -28,14 +28,27 @@ def user_comment_bytes(text: str) -> bytes:
     return UNICODE_PREFIX + text.encode("utf-16-be", errors="surrogatepass")
 
 
-def make_exif(infotext: str, studio_json: str | None) -> Image.Exif:
-    exif = Image.Exif()
+def exif_bytes(infotext: str, studio_json: str | None) -> bytes:
+    """EXIF (``Exif\\0\\0`` + TIFF) holding UserComment and ImageDescription.
+
+    Written with Pillow's TIFF directory writer rather than ``Image.Exif.tobytes()``: that one types a
+    bytes value as BYTE, and piexif (A1111's reader) turns a BYTE UserComment into a tuple of ints
+    and fails on it. Here UserComment is UNDEFINED, as the EXIF standard and piexif have it.
+    """
+    if studio_json is not None and not studio_json.isascii():
+        raise StudioError("studio JSON for EXIF must be ASCII (json.dumps(..., ensure_ascii=True))")
+    head = b"MM\x00\x2a\x00\x00\x00\x08"  # big-endian TIFF, IFD0 right after the header
+    ifd0 = TiffImagePlugin.ImageFileDirectory_v2(head)
     if studio_json is not None:
-        if not studio_json.isascii():
-            raise StudioError("studio JSON for EXIF must be ASCII (json.dumps(..., ensure_ascii=True))")
-        exif[IMAGE_DESCRIPTION] = studio_json
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = user_comment_bytes(infotext)
-    return exif
+        ifd0[IMAGE_DESCRIPTION] = studio_json
+    ifd0.tagtype[EXIF_IFD] = TiffTags.LONG
+    ifd0[EXIF_IFD] = 0
+    exif_offset = 8 + len(ifd0.tobytes(8))  # the pointer's value does not change IFD0's length
+    ifd0[EXIF_IFD] = exif_offset
+    sub = TiffImagePlugin.ImageFileDirectory_v2(head, group=EXIF_IFD)
+    sub.tagtype[USER_COMMENT] = TiffTags.UNDEFINED
+    sub[USER_COMMENT] = user_comment_bytes(infotext)
+    return b"Exif\x00\x00" + head + ifd0.tobytes(8) + sub.tobytes(exif_offset)
 
 
 def encode_with_exif(image: Image.Image, fmt: str, infotext: str, studio_json: str | None,
@@ -44,7 +57,7 @@ def encode_with_exif(image: Image.Image, fmt: str, infotext: str, studio_json: s
     pil_format = FORMATS.get(fmt.lower())
     if pil_format is None:
         raise StudioError(f"EXIF metadata is for jpeg or webp, not {fmt!r}")
-    exif = make_exif(infotext, studio_json).tobytes()
+    exif = exif_bytes(infotext, studio_json)
     if pil_format == "JPEG" and len(exif) > JPEG_EXIF_LIMIT:
         raise StudioError(f"metadata is {len(exif)} bytes, over JPEG's {JPEG_EXIF_LIMIT}-byte EXIF limit; "
                           "save as PNG")

@@ -100,7 +100,8 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
     return "\n\n".join(paragraphs)
 
 
-def build_app(config: AppConfig, model: str = "tiny"):
+def build_app(config: AppConfig, model: str | None = None, preset: str | None = None):
+    """The app; its controls start from ``preset`` (a name or file) if given, with ``model`` over it."""
     import gradio as gr
 
     from studio import presets
@@ -112,8 +113,19 @@ def build_app(config: AppConfig, model: str = "tiny"):
     from studio.settings import build_request
 
     engine = Engine(config)
-    engine.registry.resolve(model)  # a missing model is a start-up error, not a first-click surprise
-    small = model in BUILTINS and model != "sd15-random"
+    start = {}
+    if preset:
+        loaded, _ = presets.load(preset)
+        start = loaded.request.model_dump()
+        start["model"] = model or presets.locate_model(loaded, engine.registry)[0]
+    start["model"] = start.get("model") or model or "tiny"
+    engine.registry.resolve(start["model"])  # a missing model is a start-up error, not a first-click surprise
+    small = start["model"] in BUILTINS and start["model"] != "sd15-random"
+    start.setdefault("sampler", DEFAULT_SAMPLER)
+    start.setdefault("steps", 20)
+    start["width"] = start.get("width") or (64 if small else 512)
+    start["height"] = start.get("height") or (64 if small else 512)
+    init = control_values(build_request(**start))
 
     def token_label(text: str) -> str:
         return count_tokens(text or "", engine.tokenizer()).label()
@@ -176,15 +188,16 @@ def build_app(config: AppConfig, model: str = "tiny"):
 
     with gr.Blocks(title="studio") as app:
         gr.Markdown("# studio\nReproducible Stable Diffusion: same settings, same image.")
-        note = gr.Markdown(model_note(model), elem_id="model-note")
+        note = gr.Markdown(model_note(init["model"]), elem_id="model-note")
         c = {}
         with gr.Row():
             with gr.Column(scale=3):
                 gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=420)
-                c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
+                c["prompt"] = gr.Textbox(init["prompt"], label="Prompt", lines=3, elem_id="prompt")
                 counter = gr.Markdown(token_label(""), elem_id="token-counter")
-                c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="negative")
-                c["expansion"] = gr.Checkbox(False, label="Prompt expansion (seeded style words)",
+                c["negative_prompt"] = gr.Textbox(init["negative_prompt"], label="Negative prompt", lines=2,
+                                                  elem_id="negative")
+                c["expansion"] = gr.Checkbox(init["expansion"], label="Prompt expansion (seeded style words)",
                                              elem_id="expansion")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
                 error = gr.HTML("", elem_id="error")
@@ -192,22 +205,22 @@ def build_app(config: AppConfig, model: str = "tiny"):
                 plan_box = gr.Markdown("", elem_id="plan")
                 info = gr.Markdown("", elem_id="info")
             with gr.Column(scale=2):
-                c["model"] = gr.Dropdown(engine.registry.available(), value=model, label="Model", elem_id="model")
+                c["model"] = gr.Dropdown(engine.registry.available(), value=init["model"], label="Model", elem_id="model")
                 with gr.Group(elem_id="seed-lock"):
                     gr.Markdown("**Seed lock**")
-                    c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 draws one)", elem_id="seed")
-                    c["seed_mode"] = gr.Radio(["fixed", "increment", "random"], value="fixed", label="After each run",
+                    c["seed"] = gr.Number(value=init["seed"], precision=0, label="Seed (-1 draws one)", elem_id="seed")
+                    c["seed_mode"] = gr.Radio(["fixed", "increment", "random"], value=init["seed_mode"], label="After each run",
                                               elem_id="seed-mode")
-                    c["noise_source"] = gr.Radio(["cpu", "device"], value="cpu", label="Noise drawn on",
+                    c["noise_source"] = gr.Radio(["cpu", "device"], value=init["noise_source"], label="Noise drawn on",
                                                  elem_id="noise-source")
-                    c["deterministic"] = gr.Checkbox(False, label="Deterministic mode", elem_id="deterministic")
+                    c["deterministic"] = gr.Checkbox(init["deterministic"], label="Deterministic mode", elem_id="deterministic")
                 samplers = list(SAMPLERS) + [s + GPU_SUFFIX for s in SAMPLERS if SAMPLERS[s].stochastic]
-                c["sampler"] = gr.Dropdown(samplers, value=DEFAULT_SAMPLER, label="Sampler", elem_id="sampler")
-                c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id="steps")
-                c["cfg"] = gr.Slider(0, 30, value=7.0, step=0.5, label="CFG scale", elem_id="cfg")
-                c["batch"] = gr.Slider(1, 16, value=1, step=1, label="Images", elem_id="batch")
-                c["width"] = gr.Number(value=64 if small else 512, precision=0, label="Width", elem_id="width")
-                c["height"] = gr.Number(value=64 if small else 512, precision=0, label="Height", elem_id="height")
+                c["sampler"] = gr.Dropdown(samplers, value=init["sampler"], label="Sampler", elem_id="sampler")
+                c["steps"] = gr.Slider(1, 150, value=init["steps"], step=1, label="Steps", elem_id="steps")
+                c["cfg"] = gr.Slider(0, 30, value=init["cfg"], step=0.5, label="CFG scale", elem_id="cfg")
+                c["batch"] = gr.Slider(1, 16, value=init["batch"], step=1, label="Images", elem_id="batch")
+                c["width"] = gr.Number(value=init["width"], precision=0, label="Width", elem_id="width")
+                c["height"] = gr.Number(value=init["height"], precision=0, label="Height", elem_id="height")
                 with gr.Accordion("Presets", open=False, elem_id="presets"):
                     preset_name = gr.Dropdown(presets.shipped_names(), value=None, label="Preset",
                                               elem_id="preset-name")
@@ -215,17 +228,17 @@ def build_app(config: AppConfig, model: str = "tiny"):
                                             type="filepath", elem_id="preset-file")
                     open_button = gr.Button("Open preset", elem_id="open-preset")
                 with gr.Accordion("Backend", open=False, elem_id="backend-settings"):
-                    c["backend"] = gr.Radio(["torch", "openvino"], value="torch", label="Backend", elem_id="backend")
-                    c["device"] = gr.Textbox(value="cpu", label="Device (torch: cpu, cuda; OpenVINO: CPU, GPU)",
+                    c["backend"] = gr.Radio(["torch", "openvino"], value=init["backend"], label="Backend", elem_id="backend")
+                    c["device"] = gr.Textbox(value=init["device"], label="Device (torch: cpu, cuda; OpenVINO: CPU, GPU)",
                                              elem_id="device")
-                    c["ov_mode"] = gr.Radio(["accuracy", "performance"], value="accuracy", label="OpenVINO mode",
+                    c["ov_mode"] = gr.Radio(["accuracy", "performance"], value=init["ov_mode"], label="OpenVINO mode",
                                             elem_id="ov-mode")
-                    c["chunk_policy"] = gr.Dropdown(["exact", "pad:2", "pad:3", "pad:4"], value="exact",
+                    c["chunk_policy"] = gr.Dropdown(["exact", "pad:2", "pad:3", "pad:4"], value=init["chunk_policy"],
                                                     label="Chunk policy (pad prompts so length never recompiles)",
                                                     elem_id="chunk-policy")
                 with gr.Accordion("Precision", open=False, elem_id="precision"):
                     for part in ("text", "unet", "vae"):
-                        c[f"{part}_dtype"] = gr.Dropdown(["fp32", "bf16", "fp16"], value="fp32",
+                        c[f"{part}_dtype"] = gr.Dropdown(["fp32", "bf16", "fp16"], value=init[f"{part}_dtype"],
                                                          label=f"{part.upper() if part != 'text' else 'Text encoder'}",
                                                          elem_id=f"{part}-dtype")
         controls = [c[name] for name in CONTROL_ORDER]

@@ -59,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         auth = parse_auth(args.auth, args.auth_file)
         if args.share and not auth:
             raise StudioError("--share makes the app public: give --auth user:pass or --auth-file FILE")
-        if args.preset:
-            raise StudioError("presets are not available in this version yet; start without --preset")
         if not 1 <= args.port <= 65535:
             raise StudioError(f"--port {args.port} is not a port number (1-65535)")
         from studio.runtime import quiet_libraries
@@ -70,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         quiet_libraries()
         config = AppConfig.from_env(models_dir=args.models_dir, output_dir=args.output_dir,
                                     allow_unsafe_pickle=args.allow_unsafe_pickle)
-        app = build_app(config, model=args.model or "tiny")
+        app = build_app(config, model=args.model, preset=args.preset)
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
