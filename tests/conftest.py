@@ -1,4 +1,5 @@
 import os
+import socket
 
 import pytest
 
@@ -42,3 +43,24 @@ def tiny_request():
         return build_request(**values)
 
     return make
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(config):
+    """The real app on a free 127.0.0.1 port, for the module's tests; its URL."""
+    from studio.runtime import prepare_process, quiet_libraries
+    from studio.ui.app import build_app
+
+    prepare_process()
+    quiet_libraries()
+    app = build_app(config, model="tiny")
+    port = free_port()
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()

@@ -1,30 +1,7 @@
 """The app as users reach it: a real Gradio server on 127.0.0.1, driven through its HTTP API."""
 
-import socket
-
-import pytest
 
 from studio.ui.server import main as serve
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(config):
-    from studio.runtime import prepare_process, quiet_libraries
-    from studio.ui.app import build_app
-
-    prepare_process()
-    quiet_libraries()
-    app = build_app(config, model="tiny")
-    port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
 
 
 def controls(**overrides):

@@ -6,7 +6,6 @@ and no tool may download a browser or driver: selenium is given both paths, so s
 never runs.
 """
 
-import socket
 import tempfile
 from pathlib import Path
 
@@ -19,26 +18,6 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
                   "--disable-dev-shm-usage", "--window-size=1280,1600")
 WAIT_S = 20  # page updates (token counter, plan preview, errors)
 GENERATE_WAIT_S = 120
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(config):
-    from studio.runtime import prepare_process, quiet_libraries
-    from studio.ui.app import build_app
-
-    prepare_process()
-    quiet_libraries()
-    app = build_app(config, model="tiny")
-    port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
 
 
 @pytest.fixture(scope="module")
