@@ -1,6 +1,5 @@
 """The app as users reach it: a real Gradio server on 127.0.0.1, driven through its HTTP API."""
 
-
 from studio.ui.server import main as serve
 
 
