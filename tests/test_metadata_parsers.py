@@ -441,3 +441,34 @@ def mutated_preset(draw):
 @given(mutated_preset())
 def test_import_fooocus_mutated(data):
     _check_fooocus(data)
+
+
+@pytest.fixture(scope="module")
+def valid_files():
+    record = json.dumps(RECORD, ensure_ascii=True)
+    info = PngInfo()
+    info.add_itxt("parameters", INFOTEXT)
+    info.add_itxt("studio", record, zip=True)
+    png = io.BytesIO()
+    _image().save(png, format="PNG", pnginfo=info)
+    return [png.getvalue(), encode_with_exif(_image(), "jpeg", INFOTEXT, record),
+            encode_with_exif(_image(), "webp", INFOTEXT, record)]
+
+
+@PROPERTY
+@given(which=st.integers(0, 2), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6),
+       cut=st.integers(0, 10**6))
+def test_read_metadata_damaged_files(valid_files, tmp_path_factory, which, flips, cut):
+    data = bytearray(valid_files[which])
+    for at, value in flips:
+        data[at % len(data)] = value
+    data = data[: max(1, cut % (len(data) + 50))]
+    path = tmp_path_factory.getbasetemp() / "fuzzed.bin"
+    path.write_bytes(bytes(data))
+    try:
+        result = read_metadata(path)
+    except StudioError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert result["format"] in ("png", "jpeg", "webp")
+    assert result["studio"] is None or isinstance(result["studio"], dict)

@@ -279,7 +279,7 @@ def _enabled_loras(loras) -> list[str]:
         else:
             continue
         if enabled is True and isinstance(name, str) and name.strip() not in ("", "None"):
-            found.append(f"{_show(name)} ({_show(weight)})")
+            found.append(f"{name.strip()[:120]!r} ({_show(weight)})")
     return found
 
 
