@@ -120,6 +120,15 @@ def validation_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def is_valid_request(**values) -> bool:
+    """Would GenerationRequest accept these values (its ranges, its sampler names)?"""
+    try:
+        GenerationRequest(**values)
+    except Exception:  # ValidationError, or anything odd a hostile value provokes
+        return False
+    return True
+
+
 def build_request(**values) -> GenerationRequest:
     try:
         return GenerationRequest(**values)

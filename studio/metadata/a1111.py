@@ -8,6 +8,7 @@ import re
 from studio.engine.plan import Plan
 from studio.engine.samplers import SAMPLERS
 from studio.errors import StudioError
+from studio.settings import is_valid_request
 
 
 def _quote(value) -> str:
@@ -145,17 +146,6 @@ def _is_parameters_line(line: str) -> tuple[bool, dict[str, str]]:
     return ok, fields
 
 
-def _valid(**values) -> bool:
-    """Would GenerationRequest accept these values (its ranges, its sampler names)?"""
-    from studio.settings import GenerationRequest
-
-    try:
-        GenerationRequest(**values)
-    except Exception:  # ValidationError, or anything odd a hostile value provokes
-        return False
-    return True
-
-
 def _a1111_sampler(sampler: str, schedule: str | None) -> str | None:
     name = " ".join(sampler.split()).casefold()
     if schedule is None:
@@ -192,7 +182,7 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
     used: set[str] = set()
 
     def take(key: str, field: str, value) -> None:
-        if value is not None and _valid(**{field: value}):
+        if value is not None and is_valid_request(**{field: value}):
             request[field] = value
             used.add(key)
 
@@ -205,13 +195,13 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
         take("Seed", "seed", _int(fields["Seed"]))
     if "Size" in fields:
         m = _SIZE.fullmatch(fields["Size"].strip())
-        if m and _valid(width=int(m.group(1)), height=int(m.group(2))):
+        if m and is_valid_request(width=int(m.group(1)), height=int(m.group(2))):
             request["width"], request["height"] = int(m.group(1)), int(m.group(2))
             used.add("Size")
     if "Sampler" in fields:
         schedule = fields.get("Schedule type")
         ours = _a1111_sampler(fields["Sampler"], schedule)
-        if ours is not None and _valid(sampler=ours):
+        if ours is not None and is_valid_request(sampler=ours):
             request["sampler"] = ours
             used.add("Sampler")
             if schedule is not None:
@@ -286,9 +276,9 @@ def parse_infotext(text: str) -> dict:
     notes: list[str] = []
     request, model_hash, unknown = _map_fields(fields, notes)
     values: dict = {}
-    if _valid(prompt=prompt):
+    if is_valid_request(prompt=prompt):
         values["prompt"] = prompt
-    if negative and _valid(negative_prompt=negative):
+    if negative and is_valid_request(negative_prompt=negative):
         values["negative_prompt"] = negative
     values.update(request)
     return {"prompt": prompt, "negative_prompt": negative, "fields": fields, "request": values,
@@ -298,6 +288,6 @@ def parse_infotext(text: str) -> dict:
 def to_request_values(parsed: dict) -> dict:
     """The GenerationRequest values of a parse_infotext result, checked together (what fails is dropped)."""
     values = dict(parsed.get("request") or {})
-    if _valid(**values):
+    if is_valid_request(**values):
         return values
-    return {k: v for k, v in values.items() if _valid(**{k: v})}
+    return {k: v for k, v in values.items() if is_valid_request(**{k: v})}

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.metadata.read import json_depth
+from studio.settings import is_valid_request
 
 MAX_PRESET_BYTES = 1024 * 1024
 MAX_JSON_DEPTH = 64
@@ -67,16 +69,6 @@ def _whole(value) -> bool:
     return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value.is_integer())
 
 
-def _valid(**values) -> bool:
-    from studio.settings import GenerationRequest
-
-    try:
-        GenerationRequest(**values)
-    except Exception:  # ValidationError, or anything odd a hostile value provokes
-        return False
-    return True
-
-
 def _key_name(key) -> str:
     return key if isinstance(key, str) else _show(key)
 
@@ -107,7 +99,7 @@ def import_fooocus(data: object) -> FooocusImport:
         out.notes.append(f"{key}: expected {expected}, got {_show(data[key])}; left out")
 
     def put(key: str, name: str, value) -> None:
-        if _valid(**{name: value}):
+        if is_valid_request(**{name: value}):
             values[name] = value
         else:
             out.notes.append(f"{key}: {_show(value)} is not a valid studio {name}; left out")
@@ -200,7 +192,7 @@ def import_fooocus(data: object) -> FooocusImport:
             note_type("default_aspect_ratio", "'WIDTH*HEIGHT' such as '1152*896'")
         else:
             width, height = int(m.group(1)), int(m.group(2))
-            if _valid(width=width, height=height):
+            if is_valid_request(width=width, height=height):
                 values["width"], values["height"] = width, height
             else:
                 out.notes.append(f"default_aspect_ratio {width}x{height}: studio needs multiples of 8 "
@@ -283,19 +275,6 @@ def _enabled_loras(loras) -> list[str]:
     return found
 
 
-def _depth(value) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
-
-
 def load_fooocus_preset(path) -> FooocusImport:
     """Read a preset file (at most 1 MiB of JSON) and import it. Raises StudioError only."""
     path = Path(path)
@@ -316,6 +295,6 @@ def load_fooocus_preset(path) -> FooocusImport:
         raise StudioError(f"cannot import {path.name}: JSON nested too deeply") from None
     except ValueError as exc:
         raise StudioError(f"cannot import {path.name}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if _depth(data) > MAX_JSON_DEPTH:
+    if json_depth(data) > MAX_JSON_DEPTH:
         raise StudioError(f"cannot import {path.name}: JSON nested too deeply")
     return import_fooocus(data)
