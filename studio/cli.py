@@ -51,6 +51,8 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", action="append", default=[], metavar="COMPONENT=DTYPE",
                    help="precision of text, unet or vae: fp32, fp16 or bf16 (repeatable)")
     p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png",
+                   help="image file format (JPEG and WebP carry the metadata in EXIF)")
     p.add_argument("--models-dir", type=Path)
     p.add_argument("--allow-unsafe-pickle", action="store_true", default=None,
                    help="allow .ckpt/.pt/.bin pickles, loaded with torch.load(weights_only=True)")
@@ -79,10 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     save = preset_sub.add_parser("save", help="save the generate flags (planned here) as a preset")
     save.add_argument("out", type=Path, metavar="OUT.json")
     _add_generate_flags(save)
+    imp = preset_sub.add_parser("import", help="a Fooocus preset, A1111 infotext or an image → a studio preset")
+    imp.add_argument("source", type=Path, metavar="FILE")
+    imp.add_argument("--from", dest="kind", choices=["fooocus", "a1111", "image"], required=True)
+    imp.add_argument("--out", type=Path, required=True, metavar="OUT.json")
+    imp.add_argument("--json", action="store_true")
     diff = preset_sub.add_parser("diff", help="what will differ if this preset runs here")
     diff.add_argument("preset_file", metavar="P", help="preset name or file")
     diff.add_argument("--models-dir", type=Path)
     diff.add_argument("--json", action="store_true")
+    info = sub.add_parser("info", help="the settings recovered from an image (studio's own, or A1111 infotext)")
+    info.add_argument("image", type=Path)
+    info.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the models that can be picked")
     models.add_argument("--models-dir", type=Path)
     models.add_argument("--json", action="store_true")
@@ -188,7 +198,7 @@ def cmd_generate(args) -> dict:
         if not jobs:
             _note_untrained(plan, args.json)
         result = engine.run(plan)
-        images = save_result(result, engine.config.output_dir)
+        images = save_result(result, engine.config.output_dir, args.format)
         carried_seed = engine.next_request(request, plan).seed
         jobs.append({
             "prompt": plan.prompt.prompt,
@@ -267,6 +277,8 @@ def cmd_preset(args) -> dict:
         if not args.json:
             print(path)
         return {"path": str(path), "preset": preset.to_json_dict()}
+    if args.preset_command == "import":
+        return _import_preset(args)
     preset, notes = presets.load(args.preset_file)
     model, found = presets.locate_model(preset, engine.registry)
     request = preset.request.model_copy(update={"model": model})
@@ -278,6 +290,102 @@ def cmd_preset(args) -> dict:
         for d in report["differences"]:
             print(f"- {d['field']}: {d['preset']} → {d['here']} [{d['effect']}] {d['fix']}")
     return report
+
+
+def _model_name(name: str | None) -> tuple[str, list[str]]:
+    """A model name from foreign settings, as a preset may hold it (a plain name, never a path)."""
+    from studio.settings import PresetModel
+
+    if not name:
+        return "tiny", ["no model named: the preset uses tiny; set model.file to your model's file name"]
+    plain = name.replace("\\", "/").rsplit("/", 1)[-1]
+    try:
+        PresetModel(file=plain)
+    except Exception:
+        return "tiny", [f"model {name!r} is not a usable file name: the preset uses tiny"]
+    return plain, ([] if plain == name else [f"model path {name!r} kept as its file name {plain!r}"])
+
+
+def _import_preset(args) -> dict:
+    from studio import presets
+    from studio.metadata.a1111 import parse_infotext, to_request_values
+    from studio.metadata.fooocus import load_fooocus_preset
+    from studio.metadata.read import read_metadata
+    from studio.settings import Preset, build_request
+
+    report: dict = {"notes": []}
+    sha = None
+    plan = None
+    if args.kind == "fooocus":
+        imported = load_fooocus_preset(args.source)
+        values, (model, notes) = imported.request_values, _model_name(imported.model_file)
+        report.update(downloads=imported.downloads, unknown_keys=imported.unknown_keys, ignored=imported.ignored)
+        report["notes"] += imported.notes + notes
+        if imported.downloads:
+            report["notes"].append(f"{len(imported.downloads)} download URL(s) listed, not fetched: studio never "
+                                   "downloads; get the files yourself into the models folder")
+    else:
+        if args.kind == "a1111":
+            try:
+                text = args.source.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise StudioError(f"cannot read {args.source}: {getattr(exc, 'strerror', None) or exc}") from None
+            record = None
+        else:
+            meta = read_metadata(args.source)
+            text, record = meta["parameters"], meta["studio"]
+        if record is not None:  # our own image: its whole plan
+            plan = record.get("plan")
+            try:
+                values = dict(plan["request"])
+                sha = plan["model"]["sha256"]
+                model, notes = _model_name(plan["model"]["name"])
+            except (KeyError, TypeError):
+                raise StudioError(f"{args.source}: the studio record has no plan") from None
+            values.pop("model", None)
+            report["notes"] += notes
+        elif text:
+            parsed = parse_infotext(text)
+            values = to_request_values(parsed)
+            model, notes = _model_name(values.pop("model", None))
+            report.update(unknown_fields=parsed["unknown"], model_hash=parsed["model_hash"])
+            report["notes"] += parsed["notes"] + notes
+            if parsed["model_hash"]:
+                report["notes"].append(f"A1111 gives only a short model hash ({parsed['model_hash']}); "
+                                       "`studio preset diff` checks the full sha256 once model.sha256 is set")
+        else:
+            raise StudioError(f"no generation settings found in {args.source}")
+    build_request(**{**values, "model": "tiny"})  # the values are valid before anything is written
+    preset = Preset(name=args.out.stem, description=f"imported from {args.source.name} ({args.kind})",
+                    model={"file": model, "sha256": sha}, request={**values}, plan=plan)
+    path = presets.save(preset, args.out)
+    if not args.json:
+        print(path)
+        for note in report["notes"]:
+            print(f"note: {note}")
+    return {"path": str(path), "preset": preset.to_json_dict(), "report": report}
+
+
+def cmd_info(args) -> dict:
+    from studio.metadata.a1111 import parse_infotext, to_request_values
+    from studio.metadata.read import read_metadata
+
+    meta = read_metadata(args.image)
+    if meta["studio"] is not None:
+        record = meta["studio"]
+        out = {"source": "studio", "format": meta["format"], "request": (record.get("plan") or {}).get("request"),
+               "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
+               "parameters": meta["parameters"]}
+    elif meta["parameters"]:
+        parsed = parse_infotext(meta["parameters"])
+        out = {"source": "a1111", "format": meta["format"], "request": to_request_values(parsed),
+               "fields": parsed["fields"], "unknown": parsed["unknown"], "model_hash": parsed["model_hash"],
+               "notes": parsed["notes"], "parameters": meta["parameters"]}
+    else:
+        raise StudioError(f"no generation settings found in {args.image} (no studio record, no A1111 parameters)")
+    if not args.json:
+        print(json.dumps(out.get("request"), indent=2, ensure_ascii=False))
+    return out
 
 
 def _against(spec: str, request):
@@ -334,7 +442,7 @@ def cmd_verify(args) -> dict:
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
-            "verify": cmd_verify, "preset": cmd_preset}
+            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from studio.engine.engine import Result
 from studio.fsutil import write_new_file
-from studio.metadata.png import encode_png
+from studio.metadata.a1111 import infotext
+from studio.metadata.exif import encode_with_exif
+from studio.metadata.png import encode_png, studio_record
 
 
-def save_result(result: Result, out_dir: Path) -> list[dict]:
+SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def encode(image, plan, index: int, fingerprint: str, notes: list[str], fmt: str) -> bytes:
+    """The image file's bytes with its metadata: PNG text chunks, or EXIF for JPEG and WebP."""
+    if fmt == "png":
+        return encode_png(image, plan, index, fingerprint, notes)
+    record = json.dumps(studio_record(plan, index, fingerprint, notes), ensure_ascii=True)
+    return encode_with_exif(image, fmt, infotext(plan, index, fingerprint), record)
+
+
+def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     saved = []
     for i, image in enumerate(result.pil_images()):
         seed = result.plan.seeds[i]
-        data = encode_png(image, result.plan, i, result.fingerprints[i], result.notes)
-        path = write_new_file(Path(out_dir), f"{stamp}_{seed}", ".png", data)
+        data = encode(image, result.plan, i, result.fingerprints[i], result.notes, fmt)
+        path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
         saved.append({"path": str(path), "seed": seed, "noise_fingerprint": result.fingerprints[i],
                       "width": image.width, "height": image.height})
     return saved
