@@ -11,6 +11,18 @@ from studio.settings import GenerationRequest
 StepCallback = Callable[[int, int], None]  # (step done, total steps)
 
 
+def pipeline_callback(on_step: Optional[StepCallback], steps: int):
+    """A diffusers `callback_on_step_end` that reports progress to ``on_step`` (None when nobody listens)."""
+    if on_step is None:
+        return None
+
+    def callback(_pipe, step, _timestep, kwargs):
+        on_step(step + 1, steps)
+        return kwargs
+
+    return callback
+
+
 @dataclass
 class BackendOutput:
     images: Any  # numpy float32, N×H×W×3, values 0..1, before 8-bit quantisation

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from studio.backends.base import BackendOutput, StepCallback
+from studio.backends.base import BackendOutput, StepCallback, pipeline_callback
 from studio.backends.compile_manager import CompileManager, Signature
 from studio.engine import precision
 from studio.engine.plan import Plan, ResolvedBackend
@@ -200,14 +200,10 @@ class OpenVINOBackend:
                       request.comma_backtrack)
         pipe = loaded.ov_pipe
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), loaded.scheduler_config, generators[0])
-        callback = None
-        if on_step is not None:
-            def callback(_pipe, step, _t, kwargs):
-                on_step(step + 1, request.steps)
-                return kwargs
         out = pipe(**cond.pipeline_kwargs(), num_inference_steps=request.steps, guidance_scale=request.cfg,
                    width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
-                   generator=generators, output_type="np", callback_on_step_end=callback)
+                   generator=generators, output_type="np",
+                   callback_on_step_end=pipeline_callback(on_step, request.steps))
         notes = [loaded.load_note] if loaded.load_note else []
         loaded.load_note = None
         notes.append(f"openvino: UNet and VAE ran in {compiled['precision']} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-from studio.backends.base import BackendOutput, StepCallback
+from studio.backends.base import BackendOutput, StepCallback, pipeline_callback
 from studio.engine import determinism, precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
@@ -101,11 +101,6 @@ class TorchBackend:
         upcasts_before = getattr(pipe.vae, "_studio_upcasts", 0)
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe._studio_scheduler_config, generators[0])
         pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
-        callback = None
-        if on_step is not None:
-            def callback(_pipe, step, _t, kwargs):
-                on_step(step + 1, request.steps)
-                return kwargs
         out = pipe(
             **self._conditioning(pipe, plan).pipeline_kwargs(),
             num_inference_steps=request.steps,
@@ -116,7 +111,7 @@ class TorchBackend:
             latents=latents,  # fp32: the scheduler's arithmetic stays fp32 whatever the UNet runs in
             generator=generators,
             output_type="np",
-            callback_on_step_end=callback,
+            callback_on_step_end=pipeline_callback(on_step, request.steps),
         )
         notes = []
         if getattr(pipe.vae, "_studio_upcasts", 0) > upcasts_before:
