@@ -181,3 +181,61 @@ def test_made_on_names_the_machine():
     env = environment.made_on("cpu", {"unet": "fp32"})
     assert env["torch"] and env["cpu"] and isinstance(env["cpu_flags"], list)
     assert env["inference_precision"] == {"unet": "fp32"}
+
+
+# -- property-based: whatever arrives, the parser answers with a preset or one clear error ----------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+FULL = {"schema_version": 1, "name": "n", "model": {"file": "tiny", "sha256": "a" * 64},
+        "request": {"prompt": "a cat", "seed": 3, "steps": 20, "cfg": 7.0, "sampler": "euler_a", "width": 512,
+                    "height": 512, "backend": {"name": "openvino", "device": "CPU", "ov_mode": "performance"},
+                    "precision": {"text": "fp32", "unet": "fp32", "vae": "fp32"}, "chunk_policy": "pad:2"}}
+
+
+def _parse_or_clear_error(obj):
+    try:
+        text = json.dumps(obj)
+    except (ValueError, TypeError):
+        return
+    try:
+        preset, notes = presets.parse(text)
+    except StudioError as exc:
+        assert str(exc) and "\n" not in str(exc)
+    else:
+        assert preset.schema_version == 1 and isinstance(notes, list)
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_random_json_never_raises_anything_but_the_clear_error(obj):
+    _parse_or_clear_error(obj)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["model", "request", "schema_version", "name", "made_on", "plan"]),
+                          st.sampled_from(["prompt", "seed", "steps", "cfg", "sampler", "width", "backend",
+                                           "precision", "file", "sha256", "chunk_policy", "x"]),
+                          json_values), min_size=1, max_size=4))
+def test_mutated_presets_never_raise_anything_but_the_clear_error(mutations):
+    data = json.loads(json.dumps(FULL))
+    for top, key, value in mutations:
+        if isinstance(data.get(top), dict):
+            data[top][key] = value
+        else:
+            data[top] = value
+    _parse_or_clear_error(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_random_bytes_never_raise_anything_but_the_clear_error(blob):
+    try:
+        presets.parse(blob)
+    except StudioError as exc:
+        assert "\n" not in str(exc)
