@@ -118,7 +118,7 @@ def main() -> int:
     print("| path | s/step | run (s) | torch step / this |")
     print("|---|---|---|---|")
     for name, (step, total) in rows.items():
-        if "diff" in name:
+        if name.endswith("vs torch"):
             continue
         ratio = f"{torch_step / step:.2f}×" if step else ""
         print(f"| {name} | {step:.3f} | {'' if total is None else f'{total:.2f}'} | {ratio} |")
