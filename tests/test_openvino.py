@@ -130,3 +130,9 @@ def test_verify_against_openvino_accuracy(capsys, cache_dir):
     doc = json.loads(out)
     assert doc["verdict"] in ("identical", "within_tolerance") and doc["max_abs_diff"] <= 1e-4
     assert "openvino:accuracy on CPU" in doc["compared"]
+
+
+def test_sdxl_accuracy_mode_matches_torch(ov_engine, tiny_request):
+    torch_result = ov_engine.run(ov_engine.plan(tiny_request(model="tiny-sdxl", seed=6, steps=2)))
+    result = ov_engine.run(ov_engine.plan(ov(tiny_request, model="tiny-sdxl", seed=6, steps=2)))
+    assert np.abs(result.images - torch_result.images).max() <= 1e-4
