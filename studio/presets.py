@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from studio.errors import StudioError
 from studio.fsutil import atomic_write_bytes
 from studio.settings import PRESET_SCHEMA_VERSION, Preset, validation_message
+from studio.untrusted import parse_json
 
 MAX_BYTES = 1 << 20
 SHIPPED = Path(__file__).resolve().parents[1] / "presets"
@@ -49,10 +50,7 @@ def parse(text: str | bytes, origin: str = "preset") -> tuple[Preset, list[str]]
     """The preset in ``text`` and notes (e.g. a migration); a StudioError names what is wrong."""
     if len(text) > MAX_BYTES:
         raise StudioError(f"{origin} is larger than 1 MB; a preset is a small JSON file")
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise StudioError(f"{origin} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    data = parse_json(text, origin)
     if not isinstance(data, dict):
         raise StudioError(f"{origin} must be a JSON object")
     version = data.get("schema_version")

@@ -6,18 +6,16 @@ never raises anything but StudioError.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.metadata.read import json_depth
+from studio.untrusted import parse_json
 from studio.settings import is_valid_request
 
 MAX_PRESET_BYTES = 1024 * 1024
-MAX_JSON_DEPTH = 64
 
 # Fooocus sampler (ComfyUI k-sampler names) → studio sampler, per scheduler.
 _PLAIN = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "lms": "lms", "ddim": "ddim",
@@ -289,12 +287,4 @@ def load_fooocus_preset(path) -> FooocusImport:
         raise StudioError(f"cannot import {path.name}: not UTF-8 text") from None
     except OSError as exc:
         raise StudioError(f"cannot import {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise StudioError(f"cannot import {path.name}: JSON nested too deeply") from None
-    except ValueError as exc:
-        raise StudioError(f"cannot import {path.name}: not valid JSON ({str(exc).splitlines()[0]})") from None
-    if json_depth(data) > MAX_JSON_DEPTH:
-        raise StudioError(f"cannot import {path.name}: JSON nested too deeply")
-    return import_fooocus(data)
+    return import_fooocus(parse_json(text, f"cannot import {path.name}: the file"))

@@ -7,32 +7,18 @@ stay as they are.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 
 from PIL import Image
 
 from studio.errors import StudioError
+from studio.untrusted import parse_json
 from studio.metadata.exif import read_exif_text
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_TEXT_CHARS = 8 * 1024 * 1024  # a studio record is a few kB; Pillow allows up to 64 MiB of text in all
-MAX_JSON_DEPTH = 64
 _FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
-
-
-def json_depth(value) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return deepest
 
 
 def parse_studio_json(text: str, where: str) -> dict:
@@ -40,16 +26,9 @@ def parse_studio_json(text: str, where: str) -> dict:
     if len(text) > MAX_TEXT_CHARS:
         raise StudioError(f"{where}: the studio record is {len(text)} characters, over the "
                           f"{MAX_TEXT_CHARS // (1024 * 1024)} MiB limit")
-    try:
-        record = json.loads(text)
-    except RecursionError:
-        raise StudioError(f"{where}: the studio record is JSON nested too deeply") from None
-    except ValueError as exc:
-        raise StudioError(f"{where}: the studio record is not valid JSON ({str(exc).splitlines()[0]})") from None
+    record = parse_json(text, f"{where}: the studio record")
     if not isinstance(record, dict):
         raise StudioError(f"{where}: the studio record is JSON but not an object")
-    if json_depth(record) > MAX_JSON_DEPTH:
-        raise StudioError(f"{where}: the studio record is JSON nested too deeply (over {MAX_JSON_DEPTH} levels)")
     return record
 
 
