@@ -145,7 +145,7 @@ def _assess(**kw):
     model = ModelInfo(**{"name": "m", "kind": "diffusers", "family": "sd1", "sha256": "ab" * 32,
                          "short_hash": "abababab", "untrained": False, **kw.pop("model", {})})
     prompt = PromptPlan(prompt="", prompt_final="", negative="", tokens=5, chunks=1, negative_tokens=0,
-                        negative_chunks=1)
+                        negative_chunks=1, chunk_count=1)
     noise_plan = NoisePlan(**{"source": "cpu", "generator_device": "cpu", "latent_shape": [4, 8, 8],
                               **kw.pop("noise", {})})
     return {r.code: r for r in risks.assess(request, backend, model, prompt, noise_plan)}
