@@ -175,7 +175,7 @@ def _config(args):
 
 
 # -- commands ------------------------------------------------------------------------------------
-def _note_untrained(plan, quiet_stdout: bool) -> None:
+def _note_untrained(plan) -> None:
     if plan.model.untrained:
         from studio.models.demo import UNTRAINED_NOTE
 
@@ -196,7 +196,7 @@ def cmd_generate(args) -> dict:
             request = request.model_copy(update={"seed": carried_seed})
         plan = engine.plan(request)
         if not jobs:
-            _note_untrained(plan, args.json)
+            _note_untrained(plan)
         result = engine.run(plan)
         images = save_result(result, engine.config.output_dir, args.format)
         carried_seed = engine.next_request(request, plan).seed
@@ -211,7 +211,7 @@ def cmd_generate(args) -> dict:
         t = result.timings
         totals["total_s"] += t["total_s"]
         totals["compile_s"] += t["compile_s"]
-        totals["steps"] += plan.request.steps
+        totals["steps"] += plan.request.steps * plan.request.batch
         totals["run_s"] += t["total_s"] - t["compile_s"] - t["load_s"]
         if not args.json:
             for img in images:
@@ -234,7 +234,7 @@ def cmd_plan(args) -> dict:
     if len(requests) > 1:
         raise StudioError("plan takes one prompt; give --prompt once")
     plan = engine.plan(requests[0])
-    _note_untrained(plan, args.json)
+    _note_untrained(plan)
     return plan.to_json_dict()
 
 
@@ -264,6 +264,8 @@ def cmd_preset(args) -> dict:
     from studio.repro import diff, environment
     from studio.settings import Preset
 
+    if args.preset_command == "import":
+        return _import_preset(args)  # no engine: nothing is planned (and --out is the preset file)
     engine = Engine(_config(args))
     if args.preset_command == "save":
         requests = requests_from_args(args, engine.registry)
@@ -277,8 +279,6 @@ def cmd_preset(args) -> dict:
         if not args.json:
             print(path)
         return {"path": str(path), "preset": preset.to_json_dict()}
-    if args.preset_command == "import":
-        return _import_preset(args)
     preset, notes = presets.load(args.preset_file)
     model, found = presets.locate_model(preset, engine.registry)
     request = preset.request.model_copy(update={"model": model})
@@ -426,7 +426,7 @@ def cmd_verify(args) -> dict:
         first = engine.plan(requests[0])
         second_request = first.request if args.twice else _against(args.against, first.request)
         second = engine.plan(second_request)  # the first plan's seed, so both draw the same noise
-        _note_untrained(first, args.json)
+        _note_untrained(first)
         a, b = engine.run(first).images, engine.run(second).images
         result = compare_arrays(a, b, tolerance)
         describe = lambda p: p.backend.name + (f":{p.backend.mode}" if p.backend.mode else "") + f" on {p.backend.device}"
