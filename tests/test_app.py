@@ -128,3 +128,19 @@ def test_app_starts_from_a_preset(config):
     app = build_app(config, preset="reproducible")
     values = {getattr(b, "elem_id", None): getattr(b, "value", None) for b in app.blocks.values()}
     assert values["sampler"] == "euler_a" and values["seed"] == 12345 and values["deterministic"] is True
+
+
+def test_saving_a_preset_from_the_app(server, config):
+    import json
+
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    error, path = client.predict("shared look", *controls(seed=77, sampler="heun"), api_name="/save_preset")
+    assert error == ""
+    saved = json.loads((config.output_dir / "presets" / "shared look.json").read_text())
+    assert saved["request"]["seed"] == 77 and saved["request"]["sampler"] == "heun"
+    assert saved["made_on"]["torch"] and saved["model"]["sha256"]
+    error, _ = client.predict("../escape", *controls(), api_name="/save_preset")
+    assert "name the preset" in error
+    assert not (config.output_dir.parent / "escape.json").exists()

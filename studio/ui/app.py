@@ -170,6 +170,23 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             values.update(prompt=request.expanded_prompt, expansion=False)
         return [*[values[n] for n in CONTROL_ORDER], "", report_markdown(report, notes + found)]
 
+    def save_preset(name, *values):
+        """The current settings, planned here, as a preset file (with made_on) to download and share."""
+        from studio.settings import Preset
+
+        try:
+            stem = (name or "").strip()
+            if not stem or not all(ch.isalnum() or ch in "-_ ." for ch in stem) or stem.startswith("."):
+                raise StudioError("name the preset with letters, digits, spaces, '-', '_' or '.'")
+            plan = engine.plan(build_request(**request_values(named(values))))
+            preset = Preset(name=stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
+                            request=plan.request, plan=plan.to_json_dict(),
+                            made_on=environment.made_on(plan.backend.device, plan.backend.precision))
+            path = presets.save(preset, engine.config.output_dir / "presets" / f"{stem}.json")
+        except StudioError as exc:
+            return error_html(exc.message), None
+        return "", str(path)
+
     def generate(*values, progress=gr.Progress()):
         try:
             request = build_request(**request_values(named(values)))
@@ -227,6 +244,10 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                     preset_upload = gr.File(label="…or a preset file (.json)", file_types=[".json"],
                                             type="filepath", elem_id="preset-file")
                     open_button = gr.Button("Open preset", elem_id="open-preset")
+                    save_name = gr.Textbox(label="Save the current settings as", placeholder="my-preset",
+                                           elem_id="save-name")
+                    save_button = gr.Button("Save preset", elem_id="save-preset")
+                    saved_file = gr.File(label="Saved preset", interactive=False, elem_id="saved-preset")
                 with gr.Accordion("Backend", open=False, elem_id="backend-settings"):
                     c["backend"] = gr.Radio(["torch", "openvino"], value=init["backend"], label="Backend", elem_id="backend")
                     c["device"] = gr.Textbox(value=init["device"], label="Device (torch: cpu, cuda; OpenVINO: CPU, GPU)",
@@ -248,6 +269,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             control.change(preview, controls, [error, plan_box], show_progress="hidden")
         app.load(preview, controls, [error, plan_box], api_name="plan_preview")
         run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate")
+        save_button.click(save_preset, [save_name, *controls], [error, saved_file], api_name="save_preset")
         open_button.click(open_preset, [preset_name, preset_upload], [*controls, error, report_box],
                           api_name="open_preset")
     return app
