@@ -124,3 +124,39 @@ def test_one_component_in_bf16(engine, tiny_request, model, component):
     assert np.isfinite(mixed.images).all()
     diff = np.abs(mixed.images - fp32.images).max()
     assert 0 < diff < 0.2  # the component really ran in bf16, and the image is still the same picture
+
+
+def test_sd2_style_v_prediction_folder_generates(engine, tiny_request, config):
+    """SD 2.x shape: linear-projection attention, GELU text encoder, v-prediction scheduler."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from studio.models import demo
+    from studio.models.families import config_dir
+    from studio.models.tokenizer import clip_tokenizer
+
+    folder = config.models_dir / "tiny-sd2"
+    if not folder.exists():
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=(2, 4),
+            use_linear_projection=True)
+        scheduler = DDIMScheduler.from_pretrained(str(config_dir("sd2", config.cache_dir)), subfolder="scheduler")
+        assert scheduler.config.prediction_type == "v_prediction"
+        torch.manual_seed(0)
+        pipe = StableDiffusionPipeline(
+            vae=demo._tiny_vae(), text_encoder=CLIPTextModel(demo._clip_config(32, 5, 4, 37, act="gelu")),
+            tokenizer=clip_tokenizer(str(config.cache_dir), pad_token="!"), unet=unet, scheduler=scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.save_pretrained(str(folder))
+    assert "tiny-sd2" in engine.registry.available()
+    plan = engine.plan(tiny_request(model="tiny-sd2", sampler="euler_a"))
+    assert plan.model.kind == "diffusers" and not plan.model.untrained
+    a, b = engine.run(plan), engine.run(plan)
+    assert np.isfinite(a.images).all() and a.images.std() > 0.01
+    assert np.array_equal(a.images, b.images)
+    pipe = next(iter(engine.backend("torch")._pipelines.values()))
+    assert pipe.scheduler.config.prediction_type == "v_prediction"  # the sampler kept the model's objective
