@@ -11,14 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-from studio.errors import StudioError
+from studio.errors import ArgumentParser, StudioError
 
 EXIT_USER_ERROR = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors follow the same one-line contract
-        raise StudioError(message)
 
 
 def _add_generate_flags(p: argparse.ArgumentParser) -> None:
@@ -60,8 +55,8 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="studio", description="Reproducible Stable Diffusion")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = ArgumentParser(prog="studio", description="Reproducible Stable Diffusion")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     _add_generate_flags(sub.add_parser("generate", help="make images"))
     _add_generate_flags(sub.add_parser("plan", help="show what a generate would do, without running it"))
     verify = sub.add_parser("verify", help="compare two images, two runs (--twice) or two backends (--against)")
@@ -77,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("text")
     tokens.add_argument("--json", action="store_true")
     preset = sub.add_parser("preset", help="save, compare and import presets")
-    preset_sub = preset.add_subparsers(dest="preset_command", required=True, parser_class=_Parser)
+    preset_sub = preset.add_subparsers(dest="preset_command", required=True, parser_class=ArgumentParser)
     save = preset_sub.add_parser("save", help="save the generate flags (planned here) as a preset")
     save.add_argument("out", type=Path, metavar="OUT.json")
     _add_generate_flags(save)

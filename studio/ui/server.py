@@ -6,18 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from studio.errors import StudioError
+from studio.errors import ArgumentParser, StudioError
 
 DEFAULT_PORT = 7865  # Fooocus's
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise StudioError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python launch.py", description="Start the studio app")
+    p = ArgumentParser(prog="python launch.py", description="Start the studio app")
     p.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1", metavar="HOST",
                    help="address to bind (default 127.0.0.1; --listen alone binds all interfaces)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
