@@ -110,7 +110,12 @@ def locate_model(preset: Preset, registry) -> tuple[str, list[str]]:
     if want.sha256:
         for name in available:
             try:
-                if registry.sha256(registry.resolve(name)) == want.sha256:
+                source = registry.resolve(name)
+                # A builtin that was never built cannot be the preset's file, and building
+                # sd15-random (3.4 GB) just to hash it would be absurd.
+                if not registry.is_built(source):
+                    continue
+                if registry.sha256(source) == want.sha256:
                     return name, [f"model {want.file} is here as {name} (same sha256)"]
             except StudioError:
                 continue

@@ -166,6 +166,8 @@ def test_preset_model_missing_says_which_and_offers_the_closest(capsys, cache_di
     assert code == 2 and out == ""
     assert err.strip() == ("error: the preset's model tinyy (sha256 1111111111…) is not here: put it in the models "
                            "folder; the closest here by name is tiny, or override it with --model")
+    # Looking for the hash must not build a demo model (sd15-random is 3.4 GB) just to hash it.
+    assert not list((cache_dir / "builtin").glob("*sd15-random*"))
 
 
 def test_preset_model_found_by_hash_under_another_name(engine):

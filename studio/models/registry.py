@@ -109,8 +109,11 @@ class ModelRegistry:
         return digest
 
     # -- loading ---------------------------------------------------------------------------
+    def is_built(self, source: ModelSource) -> bool:
+        return source.kind != "builtin" or (source.path / "model_index.json").is_file()
+
     def ensure_built(self, source: ModelSource) -> None:
-        if source.kind == "builtin" and not (source.path / "model_index.json").is_file():
+        if not self.is_built(source):
             demo.build(source.name, source.path, self.cache_dir)
 
     def load(self, source: ModelSource):
