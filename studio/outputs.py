@@ -32,5 +32,5 @@ def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:
         data = encode(image, result.plan, i, result.fingerprints[i], result.notes, fmt)
         path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
         saved.append({"path": str(path), "seed": seed, "noise_fingerprint": result.fingerprints[i],
-                      "width": image.width, "height": image.height})
+                      "prompt_final": result.plan.prompt.final_for(i), "width": image.width, "height": image.height})
     return saved

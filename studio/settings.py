@@ -56,8 +56,9 @@ class GenerationRequest(_Strict):
     expander: Literal["wordbank", "causal-lm"] = "wordbank"
     expansion_model: Optional[str] = Field(default=None, description="a local causal-LM folder, for causal-lm")
     expansion_new_chunk: bool = Field(default=False, description="let expansion start a new 75-token chunk")
-    expanded_prompt: Optional[str] = Field(
-        default=None, description="expanded text to replay verbatim (set when restoring; never regenerated)")
+    expanded_prompt: Optional[str | list[str]] = Field(
+        default=None, description="expanded text to replay verbatim (set when restoring; never regenerated): "
+                                  "one text for every image, or a list with one text per image of the batch")
     precision: Precision = Precision()
     clip_skip: int = Field(default=1, ge=1, le=12, description="A1111's Clip skip: 1 = the last layer")
     comma_backtrack: int = Field(default=20, ge=0, le=74,
@@ -86,6 +87,14 @@ class GenerationRequest(_Strict):
         if v != "exact" and not re.fullmatch(r"pad:([1-9]|1[0-9]|20)", v):
             raise ValueError("use 'exact' or 'pad:N' with N from 1 to 20")
         return v
+
+    @model_validator(mode="after")
+    def _one_text_per_image(self) -> "GenerationRequest":
+        texts = self.expanded_prompt
+        if isinstance(texts, list) and len(texts) != self.batch:
+            raise ValueError(f"expanded_prompt has {len(texts)} texts for a batch of {self.batch}: give one text "
+                             "per image (or one text for all), or drop expanded_prompt to expand anew")
+        return self
 
 
 class AppConfig(_Strict):

@@ -122,6 +122,32 @@ def test_opening_a_preset_fills_the_controls_and_reports(server, tmp_path):
     assert "schema_version 9" in error and "update studio" in error
 
 
+def test_a_batch_preset_replays_its_expanded_texts(server, tmp_path):
+    import json
+
+    from gradio_client import Client, handle_file
+
+    from studio.ui.app import CONTROL_ORDER
+
+    texts = ["a cat, first words", "a cat, second words"]
+    path = tmp_path / "batch.json"
+    path.write_text(json.dumps({"schema_version": 1, "model": {"file": "tiny"},
+                                "request": {"prompt": "a cat", "seed": 3, "batch": 2, "steps": 2, "width": 64,
+                                            "height": 64, "sampler": "euler", "expansion": True,
+                                            "expanded_prompt": texts}}))
+    client = Client(server, verbose=False)
+    out = client.predict(None, handle_file(str(path)), api_name="/open_preset")
+    values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
+    assert out[len(CONTROL_ORDER)] == ""
+    assert values["prompt"] == "a cat" and values["expansion"] is True and values["batch"] == 2
+    _, error, info, _ = client.predict(*[values[n] for n in CONTROL_ORDER], api_name="/generate")
+    assert error == ""
+    assert "`3` expanded prompt: a cat, first words" in info and "`4` expanded prompt: a cat, second words" in info
+    # another seed: the stored texts no longer belong to the settings, expansion runs anew
+    _, plan = client.predict(*[{**values, "seed": 5}[n] for n in CONTROL_ORDER], api_name="/plan_preview")
+    assert "seeded by each image's seed" in plan and "first words" not in plan
+
+
 def test_app_starts_from_a_preset(config):
     from studio.ui.app import build_app
 

@@ -197,7 +197,7 @@ def test_engine_expands_with_the_image_seed_and_stores_the_text(engine, tiny_req
     plan = engine.plan(tiny_request(prompt="a lighthouse", seed=7, expansion=True))
     final = plan.prompt.prompt_final
     assert final.startswith("a lighthouse, ") and plan.prompt.tokens <= 75
-    assert plan.prompt.expansion["seed"] == 7 and not plan.prompt.expansion["replayed"]
+    assert plan.prompt.expansion["seeds"] == [7] and not plan.prompt.expansion["replayed"]
     assert plan.request.expanded_prompt == final
     assert engine.plan(tiny_request(prompt="a lighthouse", seed=7, expansion=True)).prompt.prompt_final == final
     assert engine.plan(tiny_request(prompt="a lighthouse", seed=8, expansion=True)).prompt.prompt_final != final
@@ -223,3 +223,57 @@ def test_replay_uses_the_stored_text_and_never_expands_again(engine, tiny_reques
     # even a hand-edited stored text is used as it is
     edited = engine.plan(plan.request.model_copy(update={"expanded_prompt": "a lighthouse, by hand"}))
     assert edited.prompt.prompt_final == "a lighthouse, by hand"
+
+
+def test_each_image_of_a_batch_is_expanded_with_its_own_seed(engine, tiny_request, tmp_path):
+    import json
+
+    import numpy as np
+
+    from studio.metadata.png import read_text_chunks
+    from studio.outputs import save_result
+
+    plan = engine.plan(tiny_request(prompt="a lighthouse", seed=7, batch=3, expansion=True))
+    alone = [engine.plan(tiny_request(prompt="a lighthouse", seed=s, expansion=True)) for s in (7, 8, 9)]
+    texts = [p.prompt.prompt_final for p in alone]
+    assert len(set(texts)) == 3  # three seeds, three expansions
+    assert plan.prompt.per_image == texts and plan.request.expanded_prompt == texts
+    assert plan.prompt.expansion["seeds"] == [7, 8, 9] and len(plan.prompt.expansion["added"]) == 3
+    # one chunk count for the whole batch (the longest text's), so one compiled variant serves it
+    assert plan.prompt.chunk_count == max(p.prompt.chunk_count for p in alone)
+    result = engine.run(plan)
+    third = engine.run(alone[2])
+    np.testing.assert_array_equal(result.images[2], third.images[0])  # image 3 = seed 9 run alone
+    assert not np.array_equal(result.images[0], result.images[1])
+    saved = save_result(result, tmp_path)
+    for i, entry in enumerate(saved):
+        assert entry["prompt_final"] == texts[i]
+        chunks = read_text_chunks(entry["path"])
+        assert chunks["parameters"].split("\n")[0] == texts[i]
+        record = json.loads(chunks["studio"])
+        assert record["image"]["index"] == i and record["plan"]["request"]["expanded_prompt"] == texts
+
+
+def test_a_batch_replays_its_texts_verbatim(engine, tiny_request, monkeypatch):
+    import numpy as np
+
+    from studio.prompts import expansion
+
+    plan = engine.plan(tiny_request(prompt="a lighthouse", seed=7, batch=2, expansion=True))
+    first = engine.run(plan)
+    monkeypatch.setattr(expansion, "wordbank_expand", lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError("expansion ran again on replay")))
+    replay = engine.plan(plan.request)
+    assert replay.prompt.per_image == plan.prompt.per_image and replay.prompt.expansion["replayed"] is True
+    np.testing.assert_array_equal(engine.run(replay).images, first.images)
+    # one stored text replays for every image of the batch
+    one = engine.plan(plan.request.model_copy(update={"expanded_prompt": "a lighthouse, by hand"}))
+    assert one.prompt.per_image is None and one.prompt.final_for(1) == "a lighthouse, by hand"
+
+
+def test_a_list_of_texts_must_match_the_batch():
+    from studio.errors import StudioError
+    from studio.settings import build_request
+
+    with pytest.raises(StudioError, match="expanded_prompt has 2 texts for a batch of 3: give one text per image"):
+        build_request(prompt="x", batch=3, expansion=True, expanded_prompt=["x, a", "x, b"])

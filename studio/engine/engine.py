@@ -90,11 +90,12 @@ class Engine:
         _, device_alias = split_alias(request.sampler)
         noise_source = "device" if device_alias else request.noise_source
         generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
-        # 4. prompt
-        prompt = self._prompt_plan(request)
+        # 4. prompt: expansion is seeded by each image's seed
+        prompt = self._prompt_plan(request, seeds)
         if prompt.expansion is not None:
-            # Written into the plan's request, so a replay of this plan uses the text verbatim.
-            request = request.model_copy(update={"expanded_prompt": prompt.prompt_final})
+            # Written into the plan's request, so a replay of this plan uses the texts verbatim.
+            texts = prompt.per_image if prompt.per_image is not None else prompt.prompt_final
+            request = request.model_copy(update={"expanded_prompt": texts})
         # 5. compile prediction and risks
         compile_plan = backend.predict_compile(request, width, height, prompt.chunk_count)
         spec = sampler_spec(request.sampler)
@@ -108,41 +109,49 @@ class Engine:
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
         )
 
-    def _expand(self, request: GenerationRequest) -> tuple[str, Optional[dict]]:
-        """The prompt to encode: as written, expanded (seeded by the first image's seed), or replayed."""
+    def _expand(self, request: GenerationRequest, seeds: list[int]) -> tuple[list[str], Optional[dict]]:
+        """The text each image encodes: as written, expanded with the image's seed, or replayed."""
         if not request.expansion:
-            return request.prompt, None
-        if request.expanded_prompt is not None:
-            return request.expanded_prompt, {"expander": request.expander, "seed": request.seed, "added": None,
-                                             "replayed": True}
+            return [request.prompt] * len(seeds), None
+        replay = request.expanded_prompt
+        if replay is not None:
+            texts = list(replay) if isinstance(replay, list) else [replay] * len(seeds)
+            return texts, {"expander": request.expander, "seeds": seeds, "added": None, "replayed": True}
         from studio.prompts import expansion
 
         if request.expander == "wordbank":
-            result = expansion.wordbank_expand(request.prompt, request.seed, self.tokenizer(),
-                                               request.expansion_new_chunk)
+            def expand(seed):
+                return expansion.wordbank_expand(request.prompt, seed, self.tokenizer(), request.expansion_new_chunk)
         else:
             if not request.expansion_model:
                 raise StudioError("the causal-lm expander needs a model folder (--expansion-model DIR)")
             folder = str(Path(request.expansion_model).resolve())
             if folder not in self._expanders:
                 self._expanders[folder] = expansion.CausalLMExpander(folder)
-            result = self._expanders[folder].expand(request.prompt, request.seed, self.tokenizer(),
-                                                    request.expansion_new_chunk)
-        return result.text, {"expander": result.expander, "seed": result.seed, "added": list(result.added),
-                             "replayed": False}
 
-    def _prompt_plan(self, request: GenerationRequest) -> PromptPlan:
+            def expand(seed):
+                return self._expanders[folder].expand(request.prompt, seed, self.tokenizer(),
+                                                      request.expansion_new_chunk)
+        results = [expand(seed) for seed in seeds]
+        return [r.text for r in results], {"expander": results[0].expander, "seeds": seeds,
+                                           "added": [list(r.added) for r in results], "replayed": False}
+
+    def _prompt_plan(self, request: GenerationRequest, seeds: list[int]) -> PromptPlan:
         tok = self.tokenizer()
-        final, expansion_info = self._expand(request)
-        pos = count_tokens(final, tok, request.comma_backtrack)
+        finals, expansion_info = self._expand(request, seeds)
+        # Every image is encoded with the same chunk count (the longest text's), so a batch whose
+        # expanded texts differ in length still runs on one compiled variant.
+        counts = {text: count_tokens(text, tok, request.comma_backtrack) for text in finals}
+        for count in counts.values():
+            check_length(count, "prompt")
+        pos = max(counts.values(), key=lambda c: (c.chunks, c.tokens))
         neg = count_tokens(request.negative_prompt, tok, request.comma_backtrack)
-        check_length(pos, "prompt")
         check_length(neg, "negative prompt")
         padded = int(request.chunk_policy.split(":")[1]) if request.chunk_policy.startswith("pad:") else 1
-        return PromptPlan(prompt=request.prompt, prompt_final=final, negative=request.negative_prompt,
+        return PromptPlan(prompt=request.prompt, prompt_final=finals[0], negative=request.negative_prompt,
                           tokens=pos.tokens, chunks=pos.chunks, negative_tokens=neg.tokens,
                           negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded),
-                          expansion=expansion_info)
+                          expansion=expansion_info, per_image=finals if len(set(finals)) > 1 else None)
 
     def preview_fingerprints(self, plan: Plan) -> list[str]:
         """The initial-noise fingerprints a run of ``plan`` will have (noise is cheap to draw; nothing else runs)."""
@@ -182,7 +191,7 @@ class Engine:
         steps = plan.request.steps
         for i, generator in enumerate(generators):
             step_cb = None if on_step is None else (lambda s, _n, i=i: on_step(i * steps + s, steps * len(generators)))
-            outputs.append(backend.generate(plan, load, latents[i : i + 1], [generator], step_cb))
+            outputs.append(backend.generate(plan.for_image(i), load, latents[i : i + 1], [generator], step_cb))
         images = np.concatenate([o.images for o in outputs])
         compile_events = outputs[0].compile_events  # later images reuse the first one's signature
         notes = list(dict.fromkeys(n for o in outputs for n in o.notes))

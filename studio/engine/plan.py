@@ -35,14 +35,21 @@ class ResolvedBackend(_Frozen):
 
 class PromptPlan(_Frozen):
     prompt: str
-    prompt_final: str  # what is encoded: the prompt after expansion
+    prompt_final: str  # what is encoded: the prompt after expansion (the first image's, see per_image)
     negative: str
-    tokens: int
+    tokens: int  # the longest of the encoded texts
     chunks: int
     negative_tokens: int
     negative_chunks: int
-    chunk_count: int  # chunks both are encoded as (77 tokens each): the larger, or pad:N's N
-    expansion: Optional[dict] = None  # expander, seed, added words, and whether the text was replayed
+    chunk_count: int  # chunks every image is encoded as (77 tokens each): the largest, or pad:N's N
+    expansion: Optional[dict] = None  # expander, seeds, added words per image, and whether the text was replayed
+    # Expansion is seeded by each image's seed, so each image of a batch has its own text; None when
+    # every image encodes prompt_final.
+    per_image: Optional[list[str]] = None
+
+    def final_for(self, index: int) -> str:
+        """The text image ``index`` of the batch encodes."""
+        return self.per_image[index] if self.per_image is not None else self.prompt_final
 
 
 class NoisePlan(_Frozen):
@@ -84,3 +91,23 @@ class Plan(_Frozen):
 
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    def for_image(self, index: int) -> "Plan":
+        """The plan of image ``index`` alone: its seed, batch 1, and its own expanded text.
+
+        Running it gives the same pixels as that image of the batch (images run one at a time);
+        the compile signature is the batch's, since every image shares the batch's chunk count.
+        """
+        seed = self.seeds[index]
+        request = {"seed": seed, "batch": 1}
+        prompt = self.prompt
+        if prompt.per_image is not None or isinstance(self.request.expanded_prompt, list):
+            text = prompt.final_for(index)
+            expansion = dict(prompt.expansion or {})
+            for key in ("seeds", "added"):
+                if isinstance(expansion.get(key), list) and len(expansion[key]) == len(self.seeds):
+                    expansion[key] = [expansion[key][index]]
+            prompt = prompt.model_copy(update={"prompt_final": text, "per_image": None, "expansion": expansion})
+            request["expanded_prompt"] = text
+        return self.model_copy(update={"seeds": [seed], "request": self.request.model_copy(update=request),
+                                       "prompt": prompt})

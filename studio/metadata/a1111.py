@@ -39,7 +39,7 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         ("Backend", plan.backend.name + (f" {plan.backend.mode}" if plan.backend.mode else "")),
         ("Version", f"studio {plan.studio_version}"),
     ]
-    lines = [plan.prompt.prompt_final]
+    lines = [plan.prompt.final_for(index)]
     if plan.prompt.negative:
         lines.append(f"Negative prompt: {plan.prompt.negative}")
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))

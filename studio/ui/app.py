@@ -16,6 +16,23 @@ from studio.settings import AppConfig
 CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
                  "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype",
                  "expansion", "backend", "device", "ov_mode", "chunk_policy")
+# Session state after the controls: Gradio keeps it out of the HTTP API, whose callers pass the controls only.
+STATE_ORDER = ("replay",)
+INPUT_ORDER = CONTROL_ORDER + STATE_ORDER
+
+
+def _replay_texts(values: dict) -> list[str] | None:
+    """A batch's stored expanded texts (from an opened preset), while they still belong to the settings.
+
+    They were expanded from one prompt with one seed per image: once the prompt, the seed or the
+    batch size changes, they are dropped and expansion runs anew.
+    """
+    replay = values.get("replay")
+    if not replay or not values["expansion"]:
+        return None
+    same = (replay.get("prompt") == (values["prompt"] or "") and replay.get("seed") == values["seed"]
+            and len(replay.get("texts") or []) == int(values["batch"]))
+    return list(replay["texts"]) if same else None
 
 
 def request_values(values: dict) -> dict:
@@ -30,7 +47,7 @@ def request_values(values: dict) -> dict:
         deterministic=bool(values["deterministic"]), expansion=bool(values["expansion"]),
         precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
         backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"]},
-        chunk_policy=values["chunk_policy"],
+        chunk_policy=values["chunk_policy"], expanded_prompt=_replay_texts(values),
     )
 
 
@@ -44,6 +61,8 @@ def control_values(request) -> dict:
         deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
         vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
         ov_mode=r.backend.ov_mode, chunk_policy=r.chunk_policy,
+        replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
+        if r.expansion and isinstance(r.expanded_prompt, list) else None,
     )
 
 
@@ -83,8 +102,9 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
             paragraphs.append(f"⚠️ {room} tokens to the next 75-token boundary: crossing it recompiles. "
                               "Chunk policy pad:2 keeps prompts up to 150 tokens on one compiled variant.")
     if plan.prompt.expansion is not None and fingerprints is not None:
-        paragraphs.append(f"**Expanded prompt** (seed {plan.request.seed}, stored and replayed verbatim): "
-                          f"{plan.prompt.prompt_final}")
+        how = "replayed verbatim" if plan.prompt.expansion.get("replayed") else "seeded by each image's seed"
+        paragraphs.append(f"**Expanded prompt** ({how}, stored with each image):\n"
+                          + "\n".join(f"- `{seed}`: {plan.prompt.final_for(i)}" for i, seed in enumerate(plan.seeds)))
     if fingerprints is None:
         paragraphs.append("**Seeds:** drawn when you press Generate"
                           + (" (and the expanded prompt with them)" if plan.request.expansion else ""))
@@ -134,7 +154,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         return f"⚠️ **{name}** is a {UNTRAINED_NOTE}." if name in BUILTINS else ""
 
     def named(values) -> dict:
-        return dict(zip(CONTROL_ORDER, values))
+        return dict(zip(INPUT_ORDER, values))
 
     def preview(*values):
         try:
@@ -148,7 +168,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
 
     def open_preset(name, upload):
         """Load a shipped preset (by name) or an uploaded file, fill the controls, and report differences."""
-        keep = [gr.update() for _ in CONTROL_ORDER]
+        keep = [gr.update() for _ in INPUT_ORDER]
         try:
             if upload:
                 with open(upload, "rb") as f:
@@ -165,10 +185,11 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         except StudioError as exc:
             return [*keep, error_html(exc.message), ""]
         values = control_values(request)
-        if request.expansion and request.expanded_prompt is not None:
+        if request.expansion and isinstance(request.expanded_prompt, str):
             # Replayed verbatim: the stored expanded text goes into the prompt and expansion is not run again.
+            # (A batch's list of texts stays in the hidden replay state: see _replay_texts.)
             values.update(prompt=request.expanded_prompt, expansion=False)
-        return [*[values[n] for n in CONTROL_ORDER], "", report_markdown(report, notes + found)]
+        return [*[values[n] for n in INPUT_ORDER], "", report_markdown(report, notes + found)]
 
     def save_preset(name, *values):
         """The current settings, planned here, as a preset file (with made_on) to download and share."""
@@ -197,7 +218,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             return gr.update(), error_html(exc.message), gr.update(), gr.update()
         lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {s['path']}" for s in saved]
         if plan.prompt.expansion is not None:
-            lines.append(f"- expanded prompt: {plan.prompt.prompt_final}")
+            lines += [f"- `{s['seed']}` expanded prompt: {s['prompt_final']}" for s in saved]
         info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
                          + [f"- ⚠️ {n}" for n in result.notes])
         next_seed = engine.next_request(request, plan).seed
@@ -262,7 +283,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                         c[f"{part}_dtype"] = gr.Dropdown(["fp32", "bf16", "fp16"], value=init[f"{part}_dtype"],
                                                          label=f"{part.upper() if part != 'text' else 'Text encoder'}",
                                                          elem_id=f"{part}-dtype")
-        controls = [c[name] for name in CONTROL_ORDER]
+        # An opened preset's per-image expanded texts, replayed while prompt, seed and batch stay as they were.
+        c["replay"] = gr.State(init["replay"])
+        controls = [c[name] for name in INPUT_ORDER]
         c["prompt"].change(token_label, c["prompt"], counter, show_progress="hidden")
         c["model"].change(model_note, c["model"], note)
         for control in controls:
