@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("preset_file", metavar="P", help="preset name or file")
     diff.add_argument("--models-dir", type=Path)
     diff.add_argument("--json", action="store_true")
-    info = sub.add_parser("info", help="the settings recovered from an image (studio's own, or A1111 infotext)")
+    info = sub.add_parser("info", help="the settings recovered from an image (studio's own, A1111 infotext, or Fooocus JSON)")
     info.add_argument("image", type=Path)
     info.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the models that can be picked")
@@ -329,6 +329,7 @@ def _import_preset(args) -> dict:
         else:
             meta = read_metadata(args.source)
             text, record = meta["parameters"], meta["studio"]
+        fooocus = _fooocus_metadata(text) if record is None else None
         if record is not None:  # our own image: its whole plan
             plan = record.get("plan")
             try:
@@ -339,6 +340,11 @@ def _import_preset(args) -> dict:
                 raise StudioError(f"{args.source}: the studio record has no plan") from None
             values.pop("model", None)
             report["notes"] += notes
+        elif fooocus is not None:  # Fooocus's own JSON scheme
+            values, sha = fooocus["request"], fooocus["model_sha256"]
+            model, notes = _model_name(fooocus["model"])
+            report.update(unknown_fields=fooocus["unknown"], ignored=fooocus["ignored"])
+            report["notes"] += fooocus["notes"] + notes
         elif text:
             parsed = parse_infotext(text)
             values = to_request_values(parsed)
@@ -361,6 +367,18 @@ def _import_preset(args) -> dict:
     return {"path": str(path), "preset": preset.to_json_dict(), "report": report}
 
 
+def _fooocus_metadata(text: str | None) -> dict | None:
+    """Fooocus's JSON metadata parsed, or None when ``text`` is not a JSON object (A1111 text then)."""
+    from studio.metadata.fooocus_image import looks_like_fooocus_json, parse_fooocus_json
+
+    if not looks_like_fooocus_json(text):
+        return None
+    try:
+        return parse_fooocus_json(text)
+    except StudioError:
+        return None  # an A1111 prompt may start with "{" too (dynamic prompts)
+
+
 def cmd_info(args) -> dict:
     from studio.metadata.a1111 import parse_infotext, to_request_values
     from studio.metadata.read import read_metadata
@@ -370,6 +388,11 @@ def cmd_info(args) -> dict:
         record = meta["studio"]
         out = {"source": "studio", "format": meta["format"], "request": (record.get("plan") or {}).get("request"),
                "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
+               "parameters": meta["parameters"]}
+    elif (fooocus := _fooocus_metadata(meta["parameters"])) is not None:
+        out = {"source": "fooocus", "format": meta["format"], "request": fooocus["request"],
+               "model": fooocus["model"], "model_sha256": fooocus["model_sha256"], "fields": fooocus["fields"],
+               "unknown": fooocus["unknown"], "ignored": fooocus["ignored"], "notes": fooocus["notes"],
                "parameters": meta["parameters"]}
     elif meta["parameters"]:
         parsed = parse_infotext(meta["parameters"])

@@ -120,3 +120,79 @@ def test_import_refuses_what_it_cannot_read(capsys, tmp_path):
     out_path = tmp_path / "out.json"
     code, out, err = run(capsys, "preset", "import", bad, "--from", "fooocus", "--out", out_path, "--json")
     assert code == 2 and out == "" and err.startswith("error: ") and not out_path.exists()
+
+
+# Fooocus's own scheme: a JSON object in `parameters` (keys as Fooocus 2.5 writes them), `fooocus_scheme` beside it.
+FOOOCUS_META = {
+    "adm_guidance": "(1.5, 0.8, 0.3)", "base_model": "juggernautXL_v8Rundiffusion",
+    "base_model_hash": "aeb7e9e6897a1e58b10494bd989d001e3d4bc9b634633cd7b559838f612c2867",
+    "full_negative_prompt": ["unrealistic, saturated"], "full_prompt": ["a red fox in snow", "a red fox in snow, "
+                                                                        "intricate, elegant"],
+    "guidance_scale": 4.0, "loras": [["sd_xl_offset_example-lora_1.0", 0.1, "4852686128"]],
+    "metadata_scheme": "fooocus", "negative_prompt": "unrealistic", "performance": "Speed",
+    "prompt": "a red fox in snow", "prompt_expansion": "a red fox in snow, intricate, elegant",
+    "refiner_model": "None", "resolution": "(1152, 896)", "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+    "seed": "1234567", "sharpness": 2.0, "steps": 30, "styles": "['Fooocus V2', 'Fooocus Enhance']",
+    "vae": "Default (model)", "version": "Fooocus v2.5.5", "some_new_key": 1,
+}
+
+
+def fooocus_png(tmp_path, meta=FOOOCUS_META):
+    info = PngInfo()
+    info.add_text("parameters", json.dumps(meta, sort_keys=True))
+    info.add_text("fooocus_scheme", "fooocus")
+    path = tmp_path / "fooocus.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_info_reads_fooocus_json_metadata(capsys, tmp_path):
+    code, out, err = run(capsys, "info", fooocus_png(tmp_path), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["source"] == "fooocus"
+    assert doc["request"] == {"prompt": "a red fox in snow", "negative_prompt": "unrealistic", "steps": 30,
+                              "cfg": 4.0, "width": 1152, "height": 896, "seed": 1234567,
+                              "sampler": "dpmpp_2m_sde_karras-gpu", "expansion": True,
+                              "expanded_prompt": "a red fox in snow, intricate, elegant"}
+    assert doc["model"] == "juggernautXL_v8Rundiffusion" and doc["model_sha256"] == FOOOCUS_META["base_model_hash"]
+    assert doc["unknown"] == ["some_new_key"]
+    assert {"sharpness", "adm_guidance", "loras"} <= set(doc["ignored"])
+    assert any("Fooocus Enhance" in n for n in doc["notes"]) and any("LoRA" in n for n in doc["notes"])
+
+
+def test_import_fooocus_image_as_preset(capsys, cache_dir, tmp_path):
+    out_path = tmp_path / "fox.json"
+    code, out, err = run(capsys, "preset", "import", fooocus_png(tmp_path), "--from", "image", "--out", out_path,
+                         "--json")
+    assert code == 0, err
+    preset = json.loads(out_path.read_text())
+    assert preset["model"] == {"file": "juggernautXL_v8Rundiffusion", "sha256": FOOOCUS_META["base_model_hash"]}
+    assert preset["request"]["seed"] == 1234567 and preset["request"]["expanded_prompt"].endswith("elegant")
+    # the imported preset replays the stored expansion text verbatim
+    code, out, err = run(capsys, "plan", "--preset", out_path, "--model", "tiny", "--width", "64", "--height", "64",
+                         "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["prompt"]["prompt_final"] == "a red fox in snow, intricate, elegant"
+    assert plan["prompt"]["expansion"]["replayed"] is True
+
+
+def test_fooocus_seeds_beyond_32_bits_and_odd_values(capsys, tmp_path):
+    meta = {"prompt": "x", "seed": str(2**40), "resolution": "(1150, 896)", "steps": "many",
+            "sampler": "dpmpp_3m_sde", "scheduler": "exponential", "styles": "not a list"}
+    code, out, err = run(capsys, "info", fooocus_png(tmp_path, meta), "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["request"] == {"prompt": "x"}
+    notes = " ".join(doc["notes"])
+    assert "32-bit" in notes and "multiples of 8" in notes and "steps: expected a whole number" in notes
+    assert "no studio equivalent" in notes
+
+
+def test_a1111_prompt_starting_with_a_brace_is_still_a1111(capsys, tmp_path):
+    path = png_with(tmp_path, "{red|blue} car\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64")
+    code, out, err = run(capsys, "info", path, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["source"] == "a1111" and doc["request"]["prompt"] == "{red|blue} car"

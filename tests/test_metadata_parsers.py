@@ -472,3 +472,44 @@ def test_read_metadata_damaged_files(valid_files, tmp_path_factory, which, flips
         return
     assert result["format"] in ("png", "jpeg", "webp")
     assert result["studio"] is None or isinstance(result["studio"], dict)
+
+
+def _check_fooocus_image(data):
+    from studio.metadata.fooocus_image import parse_fooocus_json
+
+    try:
+        text = json.dumps(data)
+    except (ValueError, TypeError):
+        return
+    try:
+        parsed = parse_fooocus_json(text)
+    except StudioError:
+        return
+    assert isinstance(data, dict)
+    assert all(isinstance(k, str) for k in parsed["unknown"])
+    build_request(**parsed["request"])  # what `request` holds is always valid together
+
+
+@PROPERTY
+@given(json_values)
+def test_fooocus_image_json_random(data):
+    _check_fooocus_image(data)
+
+
+FOOOCUS_IMAGE = {"prompt": "a fox", "negative_prompt": "", "steps": 30, "guidance_scale": 4.0,
+                 "resolution": "(1152, 896)", "seed": "99", "sampler": "dpmpp_2m_sde_gpu", "scheduler": "karras",
+                 "styles": "['Fooocus V2']", "prompt_expansion": "a fox, intricate", "base_model": "m",
+                 "base_model_hash": "0" * 64, "loras": [], "version": "Fooocus v2.5.5"}
+
+
+@PROPERTY
+@given(st.data())
+def test_fooocus_image_json_mutated(data):
+    meta = dict(FOOOCUS_IMAGE)
+    for _ in range(data.draw(st.integers(1, 5))):
+        key = data.draw(st.sampled_from(list(FOOOCUS_IMAGE)))
+        if data.draw(st.booleans()):
+            meta[key] = data.draw(json_values)
+        else:
+            meta.pop(key, None)
+    _check_fooocus_image(meta)
