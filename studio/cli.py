@@ -33,6 +33,8 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["torch", "openvino"])
     p.add_argument("--device")
     p.add_argument("--ov-mode", choices=["performance", "accuracy"])
+    p.add_argument("--text-encoder", choices=["torch", "openvino"],
+                   help="OpenVINO backend: run the text encoder in PyTorch on the CPU (default) or compiled with OpenVINO")
     p.add_argument("--chunk-policy")
     p.add_argument("--lru", type=int)
     p.add_argument("--noise-source", choices=["cpu", "device"])
@@ -148,7 +150,8 @@ def requests_from_args(args, registry=None):
             values[field] = getattr(args, flag)
     if args.expansion is not None:
         values["expansion"] = args.expansion == "on"
-    backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode)) if v}
+    backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode),
+                                 ("text_encoder", args.text_encoder)) if v}
     if backend:
         values["backend"] = {**base.get("backend", {}), **backend}
     if args.dtype:
@@ -412,7 +415,7 @@ def _against(spec: str, request):
         raise StudioError(f"--against {spec!r}: use torch or openvino, optionally with :performance or :accuracy")
     backend = {"name": name}
     if name == "torch" and request.backend.name != "torch":
-        backend["device"] = "cpu"
+        backend.update(device="cpu", text_encoder="torch")
     if mode:
         if mode not in ("performance", "accuracy"):
             raise StudioError(f"--against {spec!r}: the mode must be performance or accuracy")

@@ -35,6 +35,8 @@ class BackendSpec(_Strict):
     name: Literal["torch", "openvino"] = "torch"
     device: str = "cpu"
     ov_mode: Literal["performance", "accuracy"] = "accuracy"
+    # OpenVINO only: the text encoder in PyTorch on the CPU (SD.Next's default) or compiled with OpenVINO.
+    text_encoder: Literal["torch", "openvino"] = "torch"
 
 
 class GenerationRequest(_Strict):

@@ -46,3 +46,15 @@ def test_lru_eviction_order():
     assert m.counters == {"compiles": 4, "hits": 1, "evictions": 2}
     events = m.resize(1)
     assert [e["signature"] for e in events] == [str(c)] and m.cached == [str(b)]
+
+
+def test_another_model_with_the_same_shapes_compiles():
+    m = CompileManager(capacity=3)
+    a = Signature(device="CPU", mode="accuracy", batch=2, width=64, height=64, chunks=1, model="aaaaaaaaaa")
+    b = Signature(device="CPU", mode="accuracy", batch=2, width=64, height=64, chunks=1, model="bbbbbbbbbb")
+    m.activate(a, lambda s: "A")
+    plan = m.predict(b)
+    assert plan.will_compile and plan.reason == "model aaaaaaaaaa→bbbbbbbbbb" and str(b).startswith("bbbbbbbbbb:CPU")
+    compiled, events = m.activate(b, lambda s: "B")
+    assert compiled == "B" and events[0]["kind"] == "compile"
+    assert m.activate(a, lambda s: "again")[0] == "A"  # the first model's variant is still cached

@@ -20,7 +20,8 @@ def ov_engine(config):
 
 
 def ov(tiny_request, **overrides):
-    backend = {"name": "openvino", "device": "CPU", "ov_mode": overrides.pop("mode", "accuracy")}
+    backend = {"name": "openvino", "device": "CPU", "ov_mode": overrides.pop("mode", "accuracy"),
+               "text_encoder": overrides.pop("text_encoder", "torch")}
     overrides.setdefault("lru", 16)  # room for every signature here, unless a test is about eviction
     return tiny_request(backend=backend, **overrides)
 
@@ -102,7 +103,7 @@ def test_positive_one_chunk_negative_three_chunks(ov_engine, tiny_request):
 def test_missing_device_is_a_clear_error(ov_engine, tiny_request):
     with pytest.raises(StudioError, match="OpenVINO device 'NPU' is not available here; devices: CPU"):
         ov_engine.plan(tiny_request(backend={"name": "openvino", "device": "NPU"}))
-    with pytest.raises(StudioError, match="follow the mode"):
+    with pytest.raises(StudioError, match="follows the mode"):
         ov_engine.plan(ov(tiny_request, precision={"unet": "bf16"}))
 
 
@@ -136,3 +137,51 @@ def test_sdxl_accuracy_mode_matches_torch(ov_engine, tiny_request):
     torch_result = ov_engine.run(ov_engine.plan(tiny_request(model="tiny-sdxl", seed=6, steps=2)))
     result = ov_engine.run(ov_engine.plan(ov(tiny_request, model="tiny-sdxl", seed=6, steps=2)))
     assert np.abs(result.images - torch_result.images).max() <= 1e-4
+
+
+# -- the text encoder compiled with OpenVINO (option; PyTorch on the CPU is the default) ----------------------
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
+def test_openvino_text_encoder_matches_pytorch(ov_engine, tiny_request, model):
+    from studio.prompts.encode import encode
+
+    # No attention weights here: A1111's mean restore divides by the chunk's mean, which is ~0 for
+    # the tiny models' untrained layer norms, so 1e-6 of backend drift would be amplified without bound.
+    long_prompt = "a red fox in deep snow, " + " ".join(["trees"] * 90) + " BREAK moonlight"
+    plan = ov_engine.plan(ov(tiny_request, model=model, seed=4, steps=2, text_encoder="openvino", prompt=long_prompt,
+                             negative_prompt="blurry"))
+    assert plan.backend.text_encoder == "openvino" and plan.backend.precision["text"] == "fp32"
+    assert plan.prompt.chunk_count == 3
+    result = ov_engine.run(plan)
+    assert any("text encoder compiled" in n for n in result.notes)
+    assert any("text encoder, UNet and VAE ran in fp32" in n for n in result.notes)
+    backend = ov_engine.backend("openvino")
+    loaded = backend._loaded[1]
+    ov_side = loaded.ov_text[("CPU", "accuracy")]
+    for clip_skip in ((1, 2) if model == "tiny-sdxl" else (1,)):
+        ours = encode(ov_side, long_prompt, "blurry", 3, clip_skip)
+        ref = encode(loaded.text, long_prompt, "blurry", 3, clip_skip)
+        assert ours.prompt_embeds.shape == ref.prompt_embeds.shape == (1, 231, ref.prompt_embeds.shape[-1])
+        assert np.isfinite(ours.prompt_embeds.numpy()).all()
+        assert (ours.prompt_embeds - ref.prompt_embeds).abs().max() <= 1e-4
+        assert (ours.negative_prompt_embeds - ref.negative_prompt_embeds).abs().max() <= 1e-4
+        if model == "tiny-sdxl":
+            assert (ours.pooled_prompt_embeds - ref.pooled_prompt_embeds).abs().max() <= 1e-4
+    # the whole image: within the accuracy tolerance of the PyTorch text encoder's
+    torch_text = ov_engine.run(ov_engine.plan(ov(tiny_request, model=model, seed=4, steps=2, prompt=long_prompt,
+                                                  negative_prompt="blurry")))
+    assert np.abs(result.images - torch_text.images).max() <= 1e-4
+    # a second run reuses the compiled text encoder
+    again = ov_engine.run(plan)
+    assert not any("text encoder compiled" in n for n in again.notes)
+    np.testing.assert_array_equal(again.images, result.images)
+
+
+def test_openvino_text_encoder_refusals(ov_engine, tiny_request):
+    with pytest.raises(StudioError, match="clip skip 2 needs the text encoder's inner layers.*--text-encoder torch"):
+        ov_engine.plan(ov(tiny_request, text_encoder="openvino", clip_skip=2))
+    with pytest.raises(StudioError, match="openvino backend; use --backend openvino, or --text-encoder torch"):
+        ov_engine.plan(tiny_request(backend={"name": "torch", "text_encoder": "openvino"}))
+    with pytest.raises(StudioError, match=r"leave --dtype unet/vae/text at fp32"):
+        ov_engine.plan(ov(tiny_request, text_encoder="openvino", precision={"text": "bf16"}))

@@ -33,13 +33,14 @@ class BackendOutput:
 class Backend(Protocol):
     name: str
 
-    def resolve(self, request: GenerationRequest) -> ResolvedBackend:
-        """The device and precisions that will really run; a StudioError if they cannot."""
+    def resolve(self, request: GenerationRequest, family: str) -> ResolvedBackend:
+        """The device and precisions that will really run for a model of ``family``; a StudioError if they cannot."""
 
     def generator_device(self, resolved: ResolvedBackend) -> str:
         """Where 'device' noise is drawn for this backend (a torch device name)."""
 
-    def predict_compile(self, request: GenerationRequest, width: int, height: int, chunks: int) -> Optional[CompilePlan]:
+    def predict_compile(self, request: GenerationRequest, model: str, width: int, height: int,
+                        chunks: int) -> Optional[CompilePlan]:
         """For a compiling backend: will this request compile, and why. None for eager backends."""
 
     def generate(self, plan: Plan, load_pipeline: Callable[[], Any], latents, generators,

@@ -1,7 +1,7 @@
 """Compiled (static-shape) model variants, kept by signature in an LRU, with predictions and events.
 
-A static-shape backend compiles one variant per signature: device, mode, UNet batch (2 with CFG),
-image size, and prompt length in 77-token chunks. A prompt that crosses 75·k tokens or a new
+A static-shape backend compiles one variant per signature: the model, device, mode, UNet batch (2
+with CFG), image size, and prompt length in 77-token chunks. A prompt that crosses 75·k tokens or a new
 resolution needs a new compile; a signature still in the LRU is a hit. `predict` says which,
 and why, before anything runs; `activate` does it and reports events with measured seconds.
 """
@@ -24,15 +24,19 @@ class Signature:
     width: int
     height: int
     chunks: int  # prompt length in 77-token chunks
+    model: str = ""  # the model's short hash: variants of two models never stand in for each other
 
     def __str__(self) -> str:
-        return f"{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
+        prefix = f"{self.model}:" if self.model else ""
+        return f"{prefix}{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
 
 
 def describe_change(old: Optional[Signature], new: Signature) -> str:
     if old is None:
         return "first load"
     changes = []
+    if old.model != new.model:
+        changes.append(f"model {old.model}→{new.model}")
     if (old.width, old.height) != (new.width, new.height):
         changes.append(f"resolution {old.width}×{old.height}→{new.width}×{new.height}")
     if old.chunks != new.chunks:

@@ -3,7 +3,9 @@
 The IR is cached by model sha256 + openvino and optimum-intel versions, so a second start does no
 export. UNet and VAE decoder are reshaped to a signature and compiled (CompileManager keeps them in
 an LRU); switching between cached signatures only swaps compiled models. The text encoders run in
-PyTorch on the CPU (SD.Next's default), with the same chunked encoding as the torch backend.
+PyTorch on the CPU (SD.Next's default), or, with `text_encoder: openvino`, as exported IR compiled for
+one 77-token chunk ([1, 77]: every chunk has that shape, so prompt length never recompiles them);
+either way with the same chunked encoding as the torch backend.
 Modes: performance (EXECUTION_MODE_HINT=PERFORMANCE: the device's fastest precision, bf16 on CPUs
 with avx512_bf16/AMX) or accuracy (EXECUTION_MODE_HINT=ACCURACY, INFERENCE_PRECISION_HINT=f32).
 """
@@ -14,7 +16,7 @@ import re
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -39,7 +41,7 @@ def _precision_name(ov_type) -> str:
 
 @dataclass
 class TextSide:
-    """The PyTorch text encoders and tokenizers of a model: all `prompts.encode` needs."""
+    """The text encoders (PyTorch, or compiled OpenVINO) and tokenizers of a model: all `prompts.encode` needs."""
     tokenizer: Any
     text_encoder: Any
     config: dict
@@ -54,6 +56,41 @@ class Loaded:
     text: TextSide
     scheduler_config: dict
     load_note: Optional[str]  # exported or loaded from cache: told once, with the first run
+    ov_text: dict = field(default_factory=dict)  # (device, mode) → TextSide with compiled OpenVINO encoders
+
+
+class _EncoderOutput(tuple):
+    """What prompts.encode reads from a text encoder call: [0], hidden_states, text_embeds."""
+
+    def __new__(cls, last_hidden_state, hidden_states, text_embeds):
+        out = super().__new__(cls, (last_hidden_state,))
+        out.last_hidden_state, out.hidden_states, out.text_embeds = last_hidden_state, hidden_states, text_embeds
+        return out
+
+
+class OVTextEncoder:
+    """An exported CLIP text encoder compiled for one chunk, called the way prompts.encode calls PyTorch's."""
+
+    def __init__(self, compiled):
+        import torch
+
+        self.compiled = compiled
+        self.device = torch.device("cpu")
+        names = {name: port for port in compiled.outputs for name in port.get_names()}
+        self._last = names.get("last_hidden_state")
+        self._pooled = names.get("text_embeds")  # SDXL's second encoder: the projected pooled embedding
+        self._hidden = [names[f"hidden_states.{i}"] for i in range(len(names)) if f"hidden_states.{i}" in names]
+
+    def __call__(self, ids, output_hidden_states: bool = False):
+        import torch
+
+        result = self.compiled(ids.cpu().numpy())
+        if output_hidden_states and not self._hidden:
+            # Checked at plan time (clip skip > 1 on SD1/SD2); this is the last line of defence.
+            raise StudioError("this model's exported text encoder gives only its last layer: use clip skip 1")
+        hidden = tuple(torch.from_numpy(result[port].copy()) for port in self._hidden) or None
+        pooled = torch.from_numpy(result[self._pooled].copy()) if self._pooled is not None else None
+        return _EncoderOutput(torch.from_numpy(result[self._last].copy()), hidden, pooled)
 
 
 class OpenVINOBackend:
@@ -89,34 +126,42 @@ class OpenVINOBackend:
             config["EXECUTION_MODE_HINT"] = "PERFORMANCE"
         return config
 
-    def resolve(self, request: GenerationRequest) -> ResolvedBackend:
+    def resolve(self, request: GenerationRequest, family: str) -> ResolvedBackend:
         device = self._device(request.backend.device)
         mode = request.backend.ov_mode
         asked = request.precision
-        if asked.unet != "fp32" or asked.vae != "fp32":
-            raise StudioError("with OpenVINO the UNet and VAE precision follow the mode: use --ov-mode performance "
-                              "for the device's fast precision, or accuracy for fp32 (leave --dtype unet/vae at fp32)")
+        on_ov = request.backend.text_encoder == "openvino"
+        if asked.unet != "fp32" or asked.vae != "fp32" or (on_ov and asked.text != "fp32"):
+            parts = "unet/vae" + ("/text" if on_ov else "")
+            raise StudioError("with OpenVINO the compiled parts' precision follows the mode: use --ov-mode performance "
+                              f"for the device's fast precision, or accuracy for fp32 (leave --dtype {parts} at fp32)")
         if asked.text == "fp16":
             raise StudioError("the OpenVINO backend runs the text encoder in PyTorch on the CPU: fp16 is not "
-                              "supported there; use fp32 or bf16")
+                              "supported there; use fp32 or bf16, or --text-encoder openvino")
+        if on_ov and request.clip_skip > 1 and family != "sdxl":
+            raise StudioError(f"clip skip {request.clip_skip} needs the text encoder's inner layers, which the "
+                              f"OpenVINO export of an {family.upper()} model does not give: use --text-encoder torch, "
+                              "or clip skip 1")
         compiled = "fp32" if mode == "accuracy" else _precision_name(
             self.core.get_property(device, "INFERENCE_PRECISION_HINT"))
-        return ResolvedBackend(name=self.name, device=device, mode=mode,
-                               precision={"text": asked.text, "unet": compiled, "vae": compiled})
+        return ResolvedBackend(name=self.name, device=device, mode=mode, text_encoder=request.backend.text_encoder,
+                               precision={"text": compiled if on_ov else asked.text, "unet": compiled,
+                                          "vae": compiled})
 
     def generator_device(self, resolved: ResolvedBackend) -> str:
         return "cpu"  # torch generators cannot live on an OpenVINO device; noise is drawn on the CPU
 
     # -- signatures --------------------------------------------------------------------------------
     @staticmethod
-    def signature(request: GenerationRequest, width: int, height: int, chunks: int, device: str) -> Signature:
+    def signature(request: GenerationRequest, model: str, width: int, height: int, chunks: int,
+                  device: str) -> Signature:
         cfg_batch = 2 if request.cfg > 1 else 1  # diffusers runs CFG as one batch of (negative, positive)
         return Signature(device=device, mode=request.backend.ov_mode, batch=cfg_batch, width=width,
-                         height=height, chunks=chunks)
+                         height=height, chunks=chunks, model=model)
 
-    def predict_compile(self, request, width, height, chunks):
+    def predict_compile(self, request, model, width, height, chunks):
         self.manager.resize(request.lru)
-        return self.manager.predict(self.signature(request, width, height, chunks,
+        return self.manager.predict(self.signature(request, model, width, height, chunks,
                                                    self._device(request.backend.device)))
 
     # -- export / load -----------------------------------------------------------------------------
@@ -183,12 +228,35 @@ class OpenVINOBackend:
         return {"unet": compiled_unet, "vae_decoder": compiled_vae,
                 "precision": _precision_name(compiled_unet.get_property("INFERENCE_PRECISION_HINT"))}
 
+    def _text_side(self, loaded: Loaded, plan: Plan) -> tuple[TextSide, Optional[str]]:
+        """The text encoders this plan asks for, compiled on first use per device and mode."""
+        if plan.backend.text_encoder != "openvino":
+            return loaded.text, None
+        key = (plan.backend.device, plan.backend.mode)
+        if key in loaded.ov_text:
+            return loaded.ov_text[key], None
+        start = time.perf_counter()
+        config = self._ov_config(plan.backend.mode)
+        side = TextSide(tokenizer=loaded.text.tokenizer, text_encoder=None, config=loaded.text.config)
+        for attr in ("text_encoder", "text_encoder_2"):
+            exported = getattr(loaded.ov_pipe, attr, None)
+            if exported is None:
+                continue
+            model = exported.model.clone()
+            model.reshape({model.inputs[0]: [1, 77]})
+            setattr(side, attr, OVTextEncoder(self.core.compile_model(model, plan.backend.device, config)))
+        if hasattr(loaded.text, "tokenizer_2"):
+            side.tokenizer_2 = loaded.text.tokenizer_2
+        loaded.ov_text[key] = side
+        return side, f"openvino: text encoder compiled in {time.perf_counter() - start:.1f} s"
+
     # -- run -----------------------------------------------------------------------------------------
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
         loaded = self._load(plan, load_pipeline)
         request = plan.request
         self.manager.resize(request.lru)
-        sig = self.signature(request, plan.width, plan.height, plan.prompt.chunk_count, plan.backend.device)
+        sig = self.signature(request, plan.model.short_hash, plan.width, plan.height, plan.prompt.chunk_count,
+                             plan.backend.device)
         compiled, events = self.manager.activate(sig, lambda s: self._compile(loaded.ov_pipe, s))
         loaded.ov_pipe.unet.request = compiled["unet"]
         loaded.ov_pipe.vae_decoder.request = compiled["vae_decoder"]
@@ -196,7 +264,8 @@ class OpenVINOBackend:
             if event["kind"] != "evict":
                 event["precision"] = compiled["precision"]
         p = plan.prompt
-        cond = encode(loaded.text, p.prompt_final, p.negative, p.chunk_count, request.clip_skip,
+        text_side, text_note = self._text_side(loaded, plan)
+        cond = encode(text_side, p.prompt_final, p.negative, p.chunk_count, request.clip_skip,
                       request.comma_backtrack)
         pipe = loaded.ov_pipe
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), loaded.scheduler_config, generators[0])
@@ -204,8 +273,9 @@ class OpenVINOBackend:
                    width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
                    generator=generators, output_type="np",
                    callback_on_step_end=pipeline_callback(on_step, request.steps))
-        notes = [loaded.load_note] if loaded.load_note else []
+        notes = [n for n in (loaded.load_note, text_note) if n]
         loaded.load_note = None
-        notes.append(f"openvino: UNet and VAE ran in {compiled['precision']} "
+        compiled_parts = "text encoder, UNet and VAE" if plan.backend.text_encoder == "openvino" else "UNet and VAE"
+        notes.append(f"openvino: {compiled_parts} ran in {compiled['precision']} "
                      f"({request.backend.ov_mode} mode on {plan.backend.device})")
         return BackendOutput(images=out.images, compile_events=events, notes=notes)

@@ -46,7 +46,10 @@ class TorchBackend:
         self._max = max_pipelines
         self._last_conditioning: tuple | None = None
 
-    def resolve(self, request: GenerationRequest) -> ResolvedBackend:
+    def resolve(self, request: GenerationRequest, family: str) -> ResolvedBackend:
+        if request.backend.text_encoder != "torch":
+            raise StudioError("the text encoder runs with OpenVINO only on the openvino backend; "
+                              "use --backend openvino, or --text-encoder torch")
         device = resolve_device(request.backend.device)
         dtypes = request.precision.model_dump()
         if device == "cpu":
@@ -60,7 +63,7 @@ class TorchBackend:
     def generator_device(self, resolved: ResolvedBackend) -> str:
         return resolved.device
 
-    def predict_compile(self, request, width, height, chunks):
+    def predict_compile(self, request, model, width, height, chunks):
         return None  # eager: nothing is compiled
 
     @staticmethod

@@ -74,7 +74,7 @@ class Engine:
         source = self.registry.resolve(request.model)
         model = self._model_info(source)
         backend = self.backend(request.backend.name)
-        resolved = backend.resolve(request)
+        resolved = backend.resolve(request, source.family)
         # 2. seeds: one per image
         if request.seed is None:
             # Drawn once and written into the plan's request, so replaying the plan repeats it.
@@ -97,7 +97,7 @@ class Engine:
             texts = prompt.per_image if prompt.per_image is not None else prompt.prompt_final
             request = request.model_copy(update={"expanded_prompt": texts})
         # 5. compile prediction and risks
-        compile_plan = backend.predict_compile(request, width, height, prompt.chunk_count)
+        compile_plan = backend.predict_compile(request, model.short_hash, width, height, prompt.chunk_count)
         spec = sampler_spec(request.sampler)
         noise_plan = NoisePlan(source=noise_source, generator_device=generator_device, latent_shape=latent_shape,
                                from_sampler_alias=device_alias)

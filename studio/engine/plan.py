@@ -31,6 +31,7 @@ class ResolvedBackend(_Frozen):
     device: str
     mode: Optional[str] = None
     precision: dict[str, str]
+    text_encoder: str = "torch"  # where the text encoder runs: torch (on the CPU for OpenVINO) or openvino
 
 
 class PromptPlan(_Frozen):

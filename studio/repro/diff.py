@@ -70,8 +70,10 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
             add("noise.generator_device", f"{there_gen} ({there_name})", f"{here_gen} ({here_name})", "different",
                 "use noise source cpu (--noise-source cpu, no -gpu sampler) on both machines")
     # the backend and the precision really in force
-    for field in ("backend.name", "backend.mode"):
+    for field in ("backend.name", "backend.mode", "backend.text_encoder"):
         a, b = _get(there, field), _get(mine, field)
+        if field == "backend.text_encoder":
+            a = a or "torch"  # plans made before the option ran it in PyTorch
         if there and a != b:
             add(field, a, b, "drift", f"use the same {field.split('.')[1]} as the preset ({a}) to reduce drift")
     for component in ("text", "unet", "vae"):

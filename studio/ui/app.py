@@ -15,7 +15,7 @@ from studio.settings import AppConfig
 # The order the controls reach handlers (and the HTTP API) in.
 CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
                  "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype",
-                 "expansion", "backend", "device", "ov_mode", "chunk_policy")
+                 "expansion", "backend", "device", "ov_mode", "text_encoder", "chunk_policy")
 # Session state after the controls: Gradio keeps it out of the HTTP API, whose callers pass the controls only.
 STATE_ORDER = ("replay",)
 INPUT_ORDER = CONTROL_ORDER + STATE_ORDER
@@ -46,7 +46,9 @@ def request_values(values: dict) -> dict:
         height=int(values["height"]), model=values["model"], noise_source=values["noise_source"],
         deterministic=bool(values["deterministic"]), expansion=bool(values["expansion"]),
         precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
-        backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"]},
+        backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"],
+                 # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
+                 "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
         chunk_policy=values["chunk_policy"], expanded_prompt=_replay_texts(values),
     )
 
@@ -60,7 +62,7 @@ def control_values(request) -> dict:
         width=r.width or 512, height=r.height or 512, model=r.model, noise_source=r.noise_source,
         deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
         vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
-        ov_mode=r.backend.ov_mode, chunk_policy=r.chunk_policy,
+        ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, chunk_policy=r.chunk_policy,
         replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
         if r.expansion and isinstance(r.expanded_prompt, list) else None,
     )
@@ -275,6 +277,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                                              elem_id="device")
                     c["ov_mode"] = gr.Radio(["accuracy", "performance"], value=init["ov_mode"], label="OpenVINO mode",
                                             elem_id="ov-mode")
+                    c["text_encoder"] = gr.Radio(["torch", "openvino"], value=init["text_encoder"],
+                                                 label="OpenVINO text encoder: PyTorch on CPU, or compiled",
+                                                 elem_id="text-encoder")
                     c["chunk_policy"] = gr.Dropdown(["exact", "pad:2", "pad:3", "pad:4"], value=init["chunk_policy"],
                                                     label="Chunk policy (pad prompts so length never recompiles)",
                                                     elem_id="chunk-policy")
