@@ -66,6 +66,11 @@ def test_plan_preview_flags_a_recompile(server):
     assert "5 tokens to the next 75-token boundary" in near
     _, bigger = client.predict(*controls(width=96, **ov), api_name="/plan_preview")
     assert "resolution 64×64→96×64" in bigger
+    # the OpenVINO text-encoder radio: said in the plan; with the torch backend it does not apply
+    _, text_ov = client.predict(*controls(text_encoder="openvino", **ov), api_name="/plan_preview")
+    assert "openvino on CPU (text encoder too)" in text_ov
+    error, torch_plan = client.predict(*controls(text_encoder="openvino"), api_name="/plan_preview")
+    assert error == "" and "torch on cpu ·" in torch_plan
 
 
 def test_token_counter_endpoint(server):

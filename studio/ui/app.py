@@ -89,7 +89,8 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
     noise = plan.noise
     paragraphs = [
         f"**Will run:** {plan.model.name} (`{plan.model.short_hash}`) · {plan.backend.name} on "
-        f"{plan.backend.device} · {plan.sampler} · {plan.width}×{plan.height}",
+        f"{plan.backend.device}" + (" (text encoder too)" if plan.backend.text_encoder == "openvino" else "")
+        + f" · {plan.sampler} · {plan.width}×{plan.height}",
         f"**Noise:** {noise.source} (generators on {noise.generator_device}"
         + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
         + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
