@@ -105,7 +105,8 @@ def main() -> int:
     sig_a = backend.manager._last
     acc = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": "accuracy"}, lru=4)
     plan_b = engine.plan(acc)
-    sig_b = backend.signature(acc, plan_b.width, plan_b.height, plan_b.prompt.chunk_count, "CPU")
+    sig_b = backend.signature(acc, plan_b.model.short_hash, plan_b.width, plan_b.height, plan_b.prompt.chunk_count,
+                              "CPU")
     switches = []
     for _ in range(20):
         for sig in (sig_b, sig_a):
