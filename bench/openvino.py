@@ -96,8 +96,23 @@ def main() -> int:
         rows[f"openvino {mode} UNet (raw compiled model)"] = (median_time(lambda: unet(inputs), args.runs), None)
         rows[f"openvino {mode} max abs diff vs torch"] = (float(diff), None)
 
-    # switching between two cached signatures vs a compile
+    # the text encoder: PyTorch on the CPU (default) against the OpenVINO option, a two-chunk prompt + negative
+    from studio.prompts.encode import encode
+
     backend = engine.backend("openvino")
+    text_request = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": "accuracy",
+                                                  "text_encoder": "openvino"}, lru=4)
+    studio_run(text_request)  # compiles the text encoder
+    loaded = backend._loaded[1]
+    ov_side = loaded.ov_text[("CPU", "accuracy")]
+    long_prompt = base["prompt"] + ", " + ", ".join(["golden light"] * 40)
+    text_rows = {}
+    for name, side in (("torch", loaded.text), ("openvino", ov_side)):
+        text_rows[name] = median_time(lambda: encode(side, long_prompt, "blurry", 2), max(args.runs, 5))
+    text_diff = float((encode(ov_side, long_prompt, "blurry", 2).prompt_embeds
+                       - encode(loaded.text, long_prompt, "blurry", 2).prompt_embeds).abs().max())
+
+    # switching between two cached signatures vs a compile
     other = build_request(**{**base, "width": args.size + 64}, backend={"name": "openvino", "device": "CPU",
                                                                         "ov_mode": "accuracy"}, lru=4)
     result, _, _ = studio_run(other)
@@ -130,6 +145,9 @@ def main() -> int:
               f"end to end torch / openvino = {torch_total / rows[f'openvino {mode} (studio)'][1]:.2f}×; "
               f"max abs diff vs torch = {rows[f'openvino {mode} max abs diff vs torch'][0]:.2g}")
         print(f"  first run notes: {notes[mode][0]}; events: {notes[mode][1]}")
+    print(f"\ntext encoder, 2 chunks + negative: torch {text_rows['torch']:.3f} s, openvino accuracy "
+          f"{text_rows['openvino']:.3f} s ({text_rows['torch'] / text_rows['openvino']:.2f}×); "
+          f"max abs diff of the embeddings {text_diff:.2g}")
     switch = statistics.median(switches)
     print(f"\nswitch between two cached signatures: {switch * 1e3:.3f} ms; a compile: {compile_s:.2f} s; "
           f"switch / compile = {100 * switch / compile_s:.4f}%")
