@@ -47,7 +47,7 @@ class FooocusImport:
     notes: list[str] = field(default_factory=list)
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
     """A short, safe description of any value (no recursion into nested containers)."""
     if isinstance(value, str):
         return repr(value if len(value) <= 40 else value[:37] + "...")
@@ -68,7 +68,7 @@ def _whole(value) -> bool:
 
 
 def _key_name(key) -> str:
-    return key if isinstance(key, str) else _show(key)
+    return key if isinstance(key, str) else show_value(key)
 
 
 def fooocus_sampler(sampler: str, scheduler: str | None) -> str | None:
@@ -89,18 +89,18 @@ def fooocus_sampler(sampler: str, scheduler: str | None) -> str | None:
 def import_fooocus(data: object) -> FooocusImport:
     """A parsed Fooocus preset (a JSON object) → FooocusImport. Raises StudioError only."""
     if not isinstance(data, dict):
-        raise StudioError(f"a Fooocus preset is a JSON object of default_* keys, not {_show(data)}")
+        raise StudioError(f"a Fooocus preset is a JSON object of default_* keys, not {show_value(data)}")
     out = FooocusImport()
     values = out.request_values
 
     def note_type(key: str, expected: str) -> None:
-        out.notes.append(f"{key}: expected {expected}, got {_show(data[key])}; left out")
+        out.notes.append(f"{key}: expected {expected}, got {show_value(data[key])}; left out")
 
     def put(key: str, name: str, value) -> None:
         if is_valid_request(**{name: value}):
             values[name] = value
         else:
-            out.notes.append(f"{key}: {_show(value)} is not a valid studio {name}; left out")
+            out.notes.append(f"{key}: {show_value(value)} is not a valid studio {name}; left out")
 
     for key in data:
         if not (isinstance(key, str) and key in _HANDLED):
@@ -128,7 +128,7 @@ def import_fooocus(data: object) -> FooocusImport:
         if not _is_number(cfg):
             note_type("default_cfg_scale", "a number")
         elif isinstance(cfg, int) and abs(cfg) > 10**6 or not math.isfinite(cfg):
-            out.notes.append(f"default_cfg_scale: {_show(cfg)} is not a valid studio cfg; left out")
+            out.notes.append(f"default_cfg_scale: {show_value(cfg)} is not a valid studio cfg; left out")
         else:
             put("default_cfg_scale", "cfg", float(cfg))
 
@@ -147,7 +147,7 @@ def import_fooocus(data: object) -> FooocusImport:
                 out.notes.append("default_scheduler missing: Fooocus's default 'karras' assumed")
             ours = fooocus_sampler(sampler, scheduler) if scheduler is not None else None
             if ours is None:
-                out.notes.append(f"Fooocus sampler {_show(sampler)} with scheduler {_show(scheduler)} "
+                out.notes.append(f"Fooocus sampler {show_value(sampler)} with scheduler {show_value(scheduler)} "
                                  "has no studio equivalent; left out (studio's default sampler applies)")
             else:
                 put("default_sampler", "sampler", ours)
@@ -172,7 +172,7 @@ def import_fooocus(data: object) -> FooocusImport:
         if not isinstance(perf, str):
             note_type("default_performance", "one of " + ", ".join(PERFORMANCE_STEPS))
         elif perf not in PERFORMANCE_STEPS:
-            out.notes.append(f"default_performance {_show(perf)} is unknown (known: "
+            out.notes.append(f"default_performance {show_value(perf)} is unknown (known: "
                              f"{', '.join(PERFORMANCE_STEPS)}); left out")
         elif overwrite is not None:
             out.ignored["default_performance"] = "default_overwrite_step sets the steps"
@@ -222,7 +222,7 @@ def import_fooocus(data: object) -> FooocusImport:
             if isinstance(url, str) and url.strip():
                 out.downloads.append(url.strip())
             else:
-                out.notes.append(f"{key}[{_key_name(name)}]: expected a URL string, got {_show(url)}")
+                out.notes.append(f"{key}[{_key_name(name)}]: expected a URL string, got {show_value(url)}")
 
     # known keys studio does not use
     refiner = data.get("default_refiner")
@@ -269,7 +269,7 @@ def _enabled_loras(loras) -> list[str]:
         else:
             continue
         if enabled is True and isinstance(name, str) and name.strip() not in ("", "None"):
-            found.append(f"{name.strip()[:120]!r} ({_show(weight)})")
+            found.append(f"{name.strip()[:120]!r} ({show_value(weight)})")
     return found
 
 

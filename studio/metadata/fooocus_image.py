@@ -16,7 +16,7 @@ import math
 import re
 
 from studio.errors import StudioError
-from studio.metadata.fooocus import FOOOCUS_DEFAULT_SCHEDULER, fooocus_sampler
+from studio.metadata.fooocus import FOOOCUS_DEFAULT_SCHEDULER, fooocus_sampler, show_value
 from studio.settings import MAX_SEED, is_valid_request
 from studio.untrusted import parse_json
 
@@ -48,14 +48,6 @@ _MAPPED = {"prompt", "negative_prompt", "steps", "resolution", "guidance_scale",
 def looks_like_fooocus_json(text: str | None) -> bool:
     """Is ``text`` (a `parameters` value) a JSON object rather than A1111 infotext?"""
     return isinstance(text, str) and text.lstrip().startswith("{")
-
-
-def _show(value) -> str:
-    if isinstance(value, str):
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and abs(value) < 10**30):
-        return repr(value)
-    return f"a {type(value).__name__}"
 
 
 def _whole(value) -> int | None:
@@ -113,23 +105,19 @@ def parse_fooocus_json(text: str) -> dict:
         if is_valid_request(**{name: value}):
             values[name] = value
         else:
-            notes.append(f"{key}: {_show(value)} is not a valid studio {name}; left out")
+            notes.append(f"{key}: {show_value(value)} is not a valid studio {name}; left out")
 
     for key, name in (("prompt", "prompt"), ("negative_prompt", "negative_prompt")):
         if isinstance(data.get(key), str):
             put(key, name, data[key])
-    if "steps" in data:
-        steps = _whole(data["steps"])
-        if steps is None:
-            notes.append(f"steps: expected a whole number, got {_show(data['steps'])}; left out")
-        else:
-            put("steps", "steps", steps)
-    if "guidance_scale" in data:
-        cfg = _number(data["guidance_scale"])
-        if cfg is None:
-            notes.append(f"guidance_scale: expected a number, got {_show(data['guidance_scale'])}; left out")
-        else:
-            put("guidance_scale", "cfg", cfg)
+    for key, name, parse, expected in (("steps", "steps", _whole, "a whole number"),
+                                       ("guidance_scale", "cfg", _number, "a number")):
+        if key in data:
+            value = parse(data[key])
+            if value is None:
+                notes.append(f"{key}: expected {expected}, got {show_value(data[key])}; left out")
+            else:
+                put(key, name, value)
     if "clip_skip" in data:
         skip = _whole(data["clip_skip"])
         if skip is not None:
@@ -137,7 +125,7 @@ def parse_fooocus_json(text: str) -> dict:
     if "resolution" in data:
         m = _RESOLUTION.fullmatch(data["resolution"]) if isinstance(data["resolution"], str) else None
         if m is None:
-            notes.append(f"resolution: expected '(WIDTH, HEIGHT)', got {_show(data['resolution'])}; left out")
+            notes.append(f"resolution: expected '(WIDTH, HEIGHT)', got {show_value(data['resolution'])}; left out")
         elif is_valid_request(width=int(m.group(1)), height=int(m.group(2))):
             values["width"], values["height"] = int(m.group(1)), int(m.group(2))
         else:
@@ -146,7 +134,7 @@ def parse_fooocus_json(text: str) -> dict:
     if "seed" in data:
         seed = _whole(data["seed"])
         if seed is None:
-            notes.append(f"seed: expected a whole number, got {_show(data['seed'])}; left out")
+            notes.append(f"seed: expected a whole number, got {show_value(data['seed'])}; left out")
         elif seed > MAX_SEED:
             notes.append(f"seed {seed} is beyond studio's 32-bit seeds (Fooocus allows 63 bits); left out, "
                          "so studio draws its own")
@@ -156,8 +144,8 @@ def parse_fooocus_json(text: str) -> dict:
         scheduler = data.get("scheduler") if isinstance(data.get("scheduler"), str) else FOOOCUS_DEFAULT_SCHEDULER
         ours = fooocus_sampler(data["sampler"], scheduler)
         if ours is None:
-            notes.append(f"Fooocus sampler {_show(data['sampler'])} with scheduler {_show(scheduler)} has no studio "
-                         "equivalent; left out (studio's default sampler applies)")
+            notes.append(f"Fooocus sampler {show_value(data['sampler'])} with scheduler {show_value(scheduler)} "
+                         "has no studio equivalent; left out (studio's default sampler applies)")
         else:
             put("sampler", "sampler", ours)
 
@@ -186,8 +174,6 @@ def parse_fooocus_json(text: str) -> dict:
     sha = data.get("base_model_hash")
     sha = sha.lower() if isinstance(sha, str) and _SHA256.fullmatch(sha) else None
     known = _MAPPED | _INFORMATION | set(_IGNORED) | {"lora_combined_" + str(i) for i in range(1, 11)}
-    unknown = [k if isinstance(k, str) else _show(k) for k in data if k not in known]
-    if not is_valid_request(**values):  # each value is valid alone; together too, or drop what clashes
-        values = {k: v for k, v in values.items() if k != "expanded_prompt"}
+    unknown = [k if isinstance(k, str) else show_value(k) for k in data if k not in known]
     return {"request": values, "model": model, "model_sha256": sha, "fields": data, "unknown": unknown,
             "ignored": ignored, "notes": notes}
