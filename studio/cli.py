@@ -238,12 +238,16 @@ def cmd_plan(args) -> dict:
 
 def cmd_tokens(args) -> dict:
     from studio.models.tokenizer import clip_tokenizer
+    from studio.prompts.attention import is_break, parse
     from studio.prompts.chunking import count_tokens
 
-    count = count_tokens(args.text, clip_tokenizer(str(_config(args).cache_dir)))
+    count = count_tokens(args.text, clip_tokenizer(str(_config(args).cache_dir)))  # refuses bad weights
+    # The parsed (text, weight) pairs; a chunk break is ["BREAK", -1], as A1111 writes it.
+    segments = [["BREAK", -1] if is_break(t, w) else [t, float(w)] for t, w in parse(args.text)]
     if not args.json:
         print(count.label())
-    return count.as_dict()
+        print("  ".join("BREAK" if s == ["BREAK", -1] else f"{s[0]!r}×{s[1]:.4g}" for s in segments))
+    return {**count.as_dict(), "segments": segments}
 
 
 def cmd_models(args) -> dict:

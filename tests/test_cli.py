@@ -120,7 +120,8 @@ def test_tokens_json(capsys, cache_dir):
     code, out, _ = run_cli(capsys, "tokens", "a photograph of an astronaut riding a horse", "--json")
     assert code == 0
     assert json.loads(out) == {"tokens": 8, "chunks": 1, "capacity": 75, "to_next_boundary": 67,
-                               "chunk_token_counts": [8]}
+                               "chunk_token_counts": [8],
+                               "segments": [["a photograph of an astronaut riding a horse", 1.0]]}
 
 
 def test_plan_json(capsys, cache_dir):

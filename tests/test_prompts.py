@@ -20,12 +20,12 @@ def tok(cache_dir):
     ("a (cat:1.2) on [mat]", [("a ", 1.0), ("cat", 1.2), (" on ", 1.0), ("mat", 1 / 1.1)]),
     ("((cat))", [("cat", pytest.approx(1.21))]),
     ("(unbalanced", [("unbalanced", 1.1)]),
-    ("x) y]", [("x y", 1.0)]),
+    ("x) y]", [("x) y]", 1.0)]),  # a stray closer is text, as in A1111
     (r"\(literal\) \[x\]", [("(literal) [x]", 1.0)]),
     ("(word:abc)", [("word:abc", 1.1)]),
     ("(a [b] c:1.5)", [("a ", 1.5), ("b", pytest.approx(1.5 / 1.1)), (" c", 1.5)]),
     ("a BREAK b", [("a", 1.0), ("BREAK", -1.0), ("b", 1.0)]),
-    ("a (b BREAK c)", [("a ", 1.0), ("b", 1.1), ("BREAK", -1.0), ("c", 1.1)]),
+    ("a (b BREAK c)", [("a ", 1.0), ("b", 1.1), ("BREAK", -1.1), ("c", 1.1)]),  # the word, not a break
     ("aBREAK b, break", [("aBREAK b, break", 1.0)]),
     ("", [("", 1.0)]),
 ])

@@ -1,9 +1,27 @@
-"""A1111's prompt emphasis syntax → (text, weight) segments.
+"""A1111's prompt emphasis syntax → (text, weight) segments, exactly as A1111 parses it.
 
-`(word)` ×1.1, `[word]` ÷1.1, `(word:1.3)` ×1.3, nesting multiplies, `\\(` `\\)` `\\[` `\\]` `\\\\`
-are literal, and `BREAK` (upper case, a word of its own) starts a new 75-token chunk. Like
-A1111, broken syntax is text, never an error: a bracket never closed weighs everything after it,
-a stray closing bracket is dropped, and a weight that is not a number is part of the text.
+The result equals AUTOMATIC1111's ``parse_prompt_attention`` (webui 1.6.0 and later) for every
+input, quirks included, down to the last bit of every weight:
+
+- ``(x)`` ×1.1, ``[x]`` ×(1/1.1), ``(x:1.3)`` ×1.3; nesting multiplies. The weight is a sign and a
+  run of digits and dots, and may have whitespace around it: ``(x: 1.3 )`` is ×1.3 too (A1111 1.6.0,
+  PR #12177; before that no whitespace was allowed).
+- ``\\(`` ``\\)`` ``\\[`` ``\\]`` ``\\\\`` are the literal character; a backslash before anything else
+  vanishes (it leaves an empty segment behind, which the final merge swallows).
+- Round and square brackets are counted on two separate stacks, so their ranges may interleave:
+  in ``(a [b) c]`` the ``)`` closes the ``(`` although the ``[`` opened inside it is still open.
+- A stray ``)`` or ``]`` (nothing of its kind open) is kept as text, and so is a ``:1.2)`` with no
+  ``(`` open. Brackets never closed apply at the end of the prompt, round ones first.
+- ``BREAK`` (upper case, a word of its own) splits text into parts with a ``("BREAK", -1.0)`` segment
+  between them (empty parts kept). Inside brackets that segment is multiplied like any other, so
+  ``(a BREAK b)`` gives ``("BREAK", -1.1)``, which A1111's tokenizer takes for the word BREAK, not a
+  break: a chunk break is a segment with text ``"BREAK"`` and weight exactly -1 (`is_break`).
+- Finally runs of neighbouring segments whose weights compare equal (``==``) are merged.
+
+The one difference: where A1111 raises ValueError (``(a:1.2.3)``, ``(a:.)``: a weight that matches
+the syntax but is not a number), studio does not raise: that ``:`` is text, and the ``)`` closes the
+group as a plain ×1.1, so ``(a:1.2.3)`` is ``[("a:1.2.3", 1.1)]``. Weights that overflow (400 nines
+→ inf) are returned as they are; the chunker refuses out-of-range weights (prompts/chunking.py).
 """
 
 from __future__ import annotations
@@ -11,64 +29,98 @@ from __future__ import annotations
 import re
 
 ROUND, SQUARE = 1.1, 1 / 1.1
-BREAK_MARK = -1.0  # the weight of a BREAK segment
+BREAK_MARK = -1.0  # the weight of the segment a BREAK leaves ("BREAK", -1.0)
 
-_TOKEN = re.compile(
-    r"""
-    \\[()\[\]\\]                    # an escaped bracket or backslash: literal
-  | :\s*(?P<weight>[+-]?(?:\d+\.?\d*|\.\d+))\s*\)   # ":1.2)" closes a weighted group
-  | [()\[\]]                        # a bracket
-  | [^\\()\[\]:]+                   # plain text
-  | [\\:]                           # a lone backslash or colon: text
-    """,
-    re.X,
-)
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_ESCAPABLE = "()[]\\"
+_WEIGHT_CLOSER = re.compile(r":\s*([+-]?[.\d]+)\s*\)")  # ":1.2)" or ": 1.2 )": closes a weighted "("
+_TEXT = re.compile(r"[^\\()\[\]:]+")
+_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
+
+
+def is_break(text: str, weight: float) -> bool:
+    """Whether a segment is a chunk break, as A1111's tokenizer decides it."""
+    return text == "BREAK" and weight == BREAK_MARK
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:  # "1.2.3", ".", "+.": A1111 raises here
+        return None
 
 
 def parse(text: str) -> list[tuple[str, float]]:
-    """Segments of (text, weight); a BREAK is ("BREAK", -1.0). Adjacent equal weights are merged."""
-    out: list[list] = []
-    opened: list[tuple[str, int]] = []  # (bracket, index in `out` where its text starts)
+    """Segments of (text, weight), as A1111's parse_prompt_attention gives them (see the module doc)."""
+    segments: list[list] = []  # [text, weight], weights multiplied in place
+    round_open: list[int] = []  # for each open "(" / "[", the index of the first segment it covers
+    square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
-        for seg in out[start:]:
-            if seg[1] != BREAK_MARK:  # a BREAK inside brackets is still a BREAK
-                seg[1] *= factor
+        for seg in segments[start:]:
+            seg[1] *= factor
 
-    for m in _TOKEN.finditer(text):
-        tok = m.group(0)
-        if m.group("weight") is not None:
-            if opened and opened[-1][0] == "(":
-                scale(opened.pop()[1], float(m.group("weight")))
-            else:  # ":1.2)" with no "(" open: text, as A1111 would show it
-                out.append([tok, 1.0])
-        elif tok == "(" or tok == "[":
-            opened.append((tok, len(out)))
-        elif tok == ")" and opened and opened[-1][0] == "(":
-            scale(opened.pop()[1], ROUND)
-        elif tok == "]" and opened and opened[-1][0] == "[":
-            scale(opened.pop()[1], SQUARE)
-        elif tok in (")", "]"):
-            continue  # a stray closing bracket
-        elif tok.startswith("\\") and len(tok) == 2:
-            out.append([tok[1], 1.0])
+    def add_text(chunk: str) -> None:
+        for i, part in enumerate(_BREAK.split(chunk)):
+            if i:
+                segments.append(["BREAK", BREAK_MARK])
+            segments.append([part, 1.0])
+
+    pos, end = 0, len(text)
+    while pos < end:
+        char = text[pos]
+        if char == "\\":
+            if pos + 1 < end and text[pos + 1] in _ESCAPABLE:
+                segments.append([text[pos + 1], 1.0])
+                pos += 2
+            else:
+                segments.append(["", 1.0])
+                pos += 1
+        elif char == "(":
+            round_open.append(len(segments))
+            pos += 1
+        elif char == "[":
+            square_open.append(len(segments))
+            pos += 1
+        elif char == ")":
+            if round_open:
+                scale(round_open.pop(), ROUND)
+            else:
+                add_text(char)
+            pos += 1
+        elif char == "]":
+            if square_open:
+                scale(square_open.pop(), SQUARE)
+            else:
+                add_text(char)
+            pos += 1
+        elif char == ":":
+            closer = _WEIGHT_CLOSER.match(text, pos)
+            weight = _number(closer.group(1)) if closer and round_open else None
+            if weight is not None:
+                scale(round_open.pop(), weight)
+                pos = closer.end()
+            elif closer and not round_open:
+                add_text(closer.group(0))
+                pos = closer.end()
+            else:  # a lone ":" (or one before a number that is not a number): text
+                add_text(char)
+                pos += 1
         else:
-            parts = _BREAK.split(tok)
-            for i, part in enumerate(parts):
-                if i:
-                    out.append(["BREAK", BREAK_MARK])
-                if part:
-                    out.append([part, 1.0])
-    for bracket, start in reversed(opened):  # never closed: applies to the rest of the prompt
-        scale(start, ROUND if bracket == "(" else SQUARE)
+            run = _TEXT.match(text, pos)
+            add_text(run.group(0))
+            pos = run.end()
 
-    merged: list[list] = []
-    for seg in out:
-        if merged and seg[1] == merged[-1][1] and seg[1] != BREAK_MARK:
+    for start in round_open:  # never closed: each applies to the rest of the prompt, first opened first
+        scale(start, ROUND)
+    for start in square_open:
+        scale(start, SQUARE)
+
+    if not segments:
+        return [("", 1.0)]
+    merged: list[list] = [segments[0]]
+    for seg in segments[1:]:
+        if seg[1] == merged[-1][1]:
             merged[-1][0] += seg[0]
         else:
             merged.append(seg)
-    if not merged:
-        return [("", 1.0)]
     return [(t, w) for t, w in merged]

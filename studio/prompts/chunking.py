@@ -5,19 +5,22 @@ and laid into chunks of 75 tokens, each with a weight per token. BREAK ends a ch
 chunk fills up within `comma_backtrack` tokens after a comma, the words after that comma move to
 the next chunk, so a phrase is not cut in two. The counter shows A1111's count: every chunk but the
 last counts as full, and `to_next_boundary` says how far the next chunk (a recompile, for a static-
-shape backend) is.
+shape backend) is. A weight outside ±MAX_WEIGHT (or inf, or nan) is refused with a StudioError here,
+so planning, generating and counting all refuse it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from studio.errors import StudioError
-from studio.prompts.attention import BREAK_MARK, parse
+from studio.prompts.attention import is_break, parse
 
 CHUNK = 75
 MAX_CHUNKS = 20
 COMMA_BACKTRACK = 20  # A1111's default
+MAX_WEIGHT = 1000.0  # |weight| above this (or inf/nan) is refused: A1111 would make inf/nan embeddings
 
 
 @dataclass
@@ -63,9 +66,10 @@ def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -
         last_comma = -1
 
     for segment, weight in parse(text):
-        if weight == BREAK_MARK:
+        if is_break(segment, weight):  # ("BREAK", -1.1) from inside brackets is the word BREAK
             close()
             continue
+        check_weight(segment, weight)
         for token in tokenizer(segment, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]:
             if token == comma:
                 last_comma = len(current.tokens)
@@ -82,6 +86,14 @@ def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -
     if current.tokens or not chunks:
         close(last=True)
     return chunks, counted
+
+
+def check_weight(segment: str, weight: float) -> None:
+    if not math.isfinite(weight) or abs(weight) > MAX_WEIGHT:
+        shown = " ".join(segment.split())
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise StudioError(f"prompt weight {weight!r} (on {shown!r}) is out of range: "
+                          f"use a weight between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
 
 
 def count_tokens(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> TokenCount:

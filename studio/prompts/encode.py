@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from studio.errors import StudioError
 from studio.prompts.chunking import CHUNK, COMMA_BACKTRACK, Chunk, chunk_prompt
 
 
@@ -97,8 +98,21 @@ def encode(pipe, prompt: str, negative: str, chunk_count: int, clip_skip: int = 
 
     sdxl = hasattr(pipe, "text_encoder_2")
     pos, pooled = encode_text(pipe, prompt, chunk_count, clip_skip, sdxl, comma_backtrack)
+    _check_finite("prompt", pos, pooled)
     if sdxl and not negative and pipe.config.get("force_zeros_for_empty_prompt", False):
         # SDXL's convention (as in diffusers): an empty negative is zeros, not the empty string's embedding.
         return Conditioning(pos, torch.zeros_like(pos), pooled, torch.zeros_like(pooled))
     neg, neg_pooled = encode_text(pipe, negative, chunk_count, clip_skip, sdxl, comma_backtrack)
+    _check_finite("negative prompt", neg, neg_pooled)
     return Conditioning(pos, neg, pooled, neg_pooled)
+
+
+def _check_finite(what: str, *tensors) -> None:
+    """Stop before the UNet when the conditioning is already NaN/inf, naming the text encoder as the cause."""
+    import torch
+
+    if all(t is None or bool(torch.isfinite(t).all()) for t in tensors):
+        return
+    raise StudioError(f"the text encoder gave NaN/inf embeddings for the {what}; nothing was run or saved: lower "
+                      "its emphasis weights (A1111's mean restore divides by the chunk's mean), or run the text "
+                      "encoder in fp32")

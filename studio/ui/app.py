@@ -151,7 +151,10 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     init = control_values(build_request(**start))
 
     def token_label(text: str) -> str:
-        return count_tokens(text or "", engine.tokenizer()).label()
+        try:
+            return count_tokens(text or "", engine.tokenizer()).label()
+        except StudioError as exc:  # e.g. a weight out of range: say so where the count would be
+            return f"⚠️ {exc.message}"
 
     def model_note(name: str) -> str:
         return f"⚠️ **{name}** is a {UNTRAINED_NOTE}." if name in BUILTINS else ""
