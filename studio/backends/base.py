@@ -6,21 +6,35 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from studio.engine.plan import CompilePlan, Plan, ResolvedBackend
+from studio.errors import StudioError
 from studio.settings import GenerationRequest
 
 StepCallback = Callable[[int, int], None]  # (step done, total steps)
 
 
-def pipeline_callback(on_step: Optional[StepCallback], steps: int):
-    """A diffusers `callback_on_step_end` that reports progress to ``on_step`` (None when nobody listens)."""
-    if on_step is None:
-        return None
+def guarded_callback(on_step: Optional[StepCallback], steps: int, stopped: Callable[[int], str]):
+    """A diffusers `callback_on_step_end` that reports progress and stops a run whose latents went NaN/inf.
+
+    Checked after every step, so a failing UNet is named with its step, and nothing downstream (the VAE,
+    the file) ever sees non-finite values. ``stopped(step)`` gives the one-line error for that step.
+    """
 
     def callback(_pipe, step, _timestep, kwargs):
-        on_step(step + 1, steps)
+        import torch
+
+        latents = kwargs.get("latents")
+        if latents is not None and not bool(torch.isfinite(latents).all()):
+            raise StudioError(stopped(step + 1))
+        if on_step is not None:
+            on_step(step + 1, steps)
         return kwargs
 
     return callback
+
+
+def non_finite(component: str, where: str, ran: str, fix: str) -> str:
+    """The error for a component that gave NaN/inf: what, where, in what precision, and what to do."""
+    return f"the {component} gave NaN/inf values {where} ({ran}); the run stopped and nothing was saved: {fix}"
 
 
 @dataclass

@@ -8,11 +8,13 @@ one 77-token chunk ([1, 77]: every chunk has that shape, so prompt length never 
 either way with the same chunked encoding as the torch backend.
 Modes: performance (EXECUTION_MODE_HINT=PERFORMANCE: the device's fastest precision, bf16 on CPUs
 with avx512_bf16/AMX) or accuracy (EXECUTION_MODE_HINT=ACCURACY, INFERENCE_PRECISION_HINT=f32).
+Compiled blobs are cached on disk in one folder per compile key (backends/blob_cache.py says why).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 import time
 import warnings
@@ -20,15 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from studio.backends.base import BackendOutput, StepCallback, pipeline_callback
+from studio.backends.base import BackendOutput, StepCallback, guarded_callback, non_finite
+from studio.backends.blob_cache import BlobCache
 from studio.backends.compile_manager import CompileManager, Signature
 from studio.engine import precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
 from studio.fsutil import atomic_dir
+from studio.repro.environment import cpu_info
 from studio.prompts.encode import encode
 from studio.settings import GenerationRequest
+
+def _loaded_from_cache(compiled) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except RuntimeError:  # a device that does not report it
+        return False
+
 
 def _precision_name(ov_type) -> str:
     text = str(ov_type).lower()
@@ -57,6 +68,7 @@ class Loaded:
     scheduler_config: dict
     load_note: Optional[str]  # exported or loaded from cache: told once, with the first run
     ov_text: dict = field(default_factory=dict)  # (device, mode) → TextSide with compiled OpenVINO encoders
+    fp32_vae: dict = field(default_factory=dict)  # (device, W, H) → an accuracy-mode VAE decoder, for the guard
 
 
 class _EncoderOutput(tuple):
@@ -98,6 +110,7 @@ class OpenVINOBackend:
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = Path(cache_dir)
+        self.blobs = BlobCache(self.cache_dir / "openvino" / "compiled")
         self.manager = CompileManager()
         self._core = None
         self._loaded: Optional[tuple[tuple, Loaded]] = None  # one model at a time
@@ -118,13 +131,41 @@ class OpenVINOBackend:
             return name
         raise StudioError(f"OpenVINO device {asked!r} is not available here; devices: {', '.join(devices)}")
 
-    def _ov_config(self, mode: str) -> dict:
-        config = {"CACHE_DIR": str(self.cache_dir / "openvino" / "blobs")}
+    @staticmethod
+    def _ov_config(mode: str) -> dict:
         if mode == "accuracy":
-            config.update({"EXECUTION_MODE_HINT": "ACCURACY", "INFERENCE_PRECISION_HINT": "f32"})
-        else:
-            config["EXECUTION_MODE_HINT"] = "PERFORMANCE"
-        return config
+            return {"EXECUTION_MODE_HINT": "ACCURACY", "INFERENCE_PRECISION_HINT": "f32"}
+        return {"EXECUTION_MODE_HINT": "PERFORMANCE"}
+
+    def _compile_config(self, model_sha256: str, device: str, mode: str) -> tuple[dict, Path, list[str]]:
+        """The compile properties for ``mode`` with a blob-cache folder of this key's own, and what was wrong there."""
+        import openvino
+        from importlib.metadata import version
+
+        notes = []
+        legacy = self.cache_dir / "openvino" / "blobs"  # before 0.1: one folder shared by every mode
+        if legacy.is_dir():
+            shutil.rmtree(legacy, ignore_errors=True)
+            notes.append("openvino: removed the old shared blob cache (it could serve a blob compiled in another "
+                         "mode); compiled variants now have a cache folder per mode and device")
+        config = self._ov_config(mode)
+        key = {"model": model_sha256, "device": device, "mode": mode, "hints": config,
+               "device_name": str(self.core.get_property(device, "FULL_DEVICE_NAME")),
+               "capabilities": sorted(str(c) for c in self.core.get_property(device, "OPTIMIZATION_CAPABILITIES")),
+               "cpu_flags": cpu_info()[1], "openvino": openvino.__version__,
+               "optimum_intel": version("optimum-intel")}
+        folder, found = self.blobs.open(key)
+        return {**config, "CACHE_DIR": str(folder)}, folder, notes + found
+
+    def _compile_models(self, models: dict, device: str, mode: str, model_sha256: str) -> tuple[dict, list[str]]:
+        """Compile each named ov.Model through the blob cache; the compiled models, and notes on the cache."""
+        config, folder, notes = self._compile_config(model_sha256, device, mode)
+        compiled = {name: self.core.compile_model(model, device, config) for name, model in models.items()}
+        self.blobs.record(folder)
+        cached = [name for name, c in compiled.items() if _loaded_from_cache(c)]
+        if cached:
+            notes.append(f"openvino: {', '.join(cached)} loaded from the blob cache ({mode} mode)")
+        return compiled, notes
 
     def resolve(self, request: GenerationRequest, family: str) -> ResolvedBackend:
         device = self._device(request.backend.device)
@@ -191,6 +232,7 @@ class OpenVINOBackend:
             load_note = f"openvino: exported the model to IR in {time.perf_counter() - start:.1f} s"
         else:
             load_note = "openvino: IR loaded from cache (no export)"
+        # No CACHE_DIR here: studio compiles every part itself, each through its own key's blob folder.
         ov_pipe = cls.from_pretrained(str(ir), compile=False, local_files_only=True,
                                       ov_config=self._ov_config(plan.backend.mode))
         ov_pipe.set_progress_bar_config(disable=True)
@@ -203,7 +245,7 @@ class OpenVINOBackend:
         self._loaded = (key, loaded)
         return loaded
 
-    def _compile(self, ov_pipe, sig: Signature) -> dict:
+    def _compile(self, ov_pipe, sig: Signature, model_sha256: str) -> dict:
         """Reshape copies of the UNet and VAE decoder to ``sig`` and compile them."""
         unet = ov_pipe.unet.model.clone()
         h, w = sig.height // ov_pipe.vae_scale_factor, sig.width // ov_pipe.vae_scale_factor
@@ -219,14 +261,51 @@ class OpenVINOBackend:
             else:  # SDXL's text_embeds / time_ids: batch first, the rest as exported
                 shapes[port] = [sig.batch, *[d.get_length() for d in list(shape)[1:]]]
         unet.reshape(shapes)
+        compiled, notes = self._compile_models({"UNet": unet, "VAE": self._vae_model(ov_pipe, sig.width, sig.height)},
+                                               sig.device, sig.mode, model_sha256)
+        return {"unet": compiled["UNet"], "vae_decoder": compiled["VAE"], "notes": notes,
+                "from_cache": all(_loaded_from_cache(c) for c in compiled.values()),
+                "precision": _precision_name(compiled["UNet"].get_property("INFERENCE_PRECISION_HINT"))}
+
+    @staticmethod
+    def _vae_model(ov_pipe, width: int, height: int):
         vae = ov_pipe.vae_decoder.model.clone()
         port = vae.input("latent_sample")
-        vae.reshape({port: [1, port.get_partial_shape()[1].get_length(), h, w]})
-        config = self._ov_config(sig.mode)
-        compiled_unet = self.core.compile_model(unet, sig.device, config)
-        compiled_vae = self.core.compile_model(vae, sig.device, config)
-        return {"unet": compiled_unet, "vae_decoder": compiled_vae,
-                "precision": _precision_name(compiled_unet.get_property("INFERENCE_PRECISION_HINT"))}
+        scale = ov_pipe.vae_scale_factor
+        vae.reshape({port: [1, port.get_partial_shape()[1].get_length(), height // scale, width // scale]})
+        return vae
+
+    def _guard_vae(self, loaded: Loaded, plan: Plan, compiled: dict) -> list[str]:
+        """Make the pipeline's VAE decode fall back to an fp32 (accuracy-mode) decoder when a performance-mode
+        decode gives NaN/inf or a flat image, as the torch backend's VAE guard does; returns a list that
+        receives a note each time the fallback ran."""
+        vae, upcasts = loaded.ov_pipe.vae, []
+        decode = type(vae).decode.__get__(vae)
+        if plan.backend.mode == "accuracy":  # already fp32: nothing wider to fall back to
+            vae.decode = decode
+            return upcasts
+
+        def decode_guarded(*args, **kwargs):
+            out = decode(*args, **kwargs)
+            if not precision.collapsed(out[0]):
+                return out
+            key = (plan.backend.device, plan.width, plan.height)
+            if key not in loaded.fp32_vae:
+                models, _ = self._compile_models({"VAE": self._vae_model(loaded.ov_pipe, plan.width, plan.height)},
+                                                 plan.backend.device, "accuracy", plan.model.sha256)
+                loaded.fp32_vae[key] = models["VAE"]
+            decoder = loaded.ov_pipe.vae_decoder
+            decoder.request = loaded.fp32_vae[key]
+            try:
+                out = decode(*args, **kwargs)
+            finally:
+                decoder.request = compiled["vae_decoder"]
+            upcasts.append(f"vae_upcast: the VAE decode in performance mode ({compiled['precision']}) gave NaN or a "
+                           "flat image; decoded again in fp32 (accuracy mode)")
+            return out
+
+        vae.decode = decode_guarded
+        return upcasts
 
     def _text_side(self, loaded: Loaded, plan: Plan) -> tuple[TextSide, Optional[str]]:
         """The text encoders this plan asks for, compiled on first use per device and mode."""
@@ -236,19 +315,22 @@ class OpenVINOBackend:
         if key in loaded.ov_text:
             return loaded.ov_text[key], None
         start = time.perf_counter()
-        config = self._ov_config(plan.backend.mode)
         side = TextSide(tokenizer=loaded.text.tokenizer, text_encoder=None, config=loaded.text.config)
+        models = {}
         for attr in ("text_encoder", "text_encoder_2"):
             exported = getattr(loaded.ov_pipe, attr, None)
             if exported is None:
                 continue
             model = exported.model.clone()
             model.reshape({model.inputs[0]: [1, 77]})
-            setattr(side, attr, OVTextEncoder(self.core.compile_model(model, plan.backend.device, config)))
+            models[attr] = model
+        compiled, notes = self._compile_models(models, plan.backend.device, plan.backend.mode, plan.model.sha256)
+        for attr, model in compiled.items():
+            setattr(side, attr, OVTextEncoder(model))
         if hasattr(loaded.text, "tokenizer_2"):
             side.tokenizer_2 = loaded.text.tokenizer_2
         loaded.ov_text[key] = side
-        return side, f"openvino: text encoder compiled in {time.perf_counter() - start:.1f} s"
+        return side, notes + [f"openvino: text encoder compiled in {time.perf_counter() - start:.1f} s"]
 
     # -- run -----------------------------------------------------------------------------------------
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
@@ -257,23 +339,35 @@ class OpenVINOBackend:
         self.manager.resize(request.lru)
         sig = self.signature(request, plan.model.short_hash, plan.width, plan.height, plan.prompt.chunk_count,
                              plan.backend.device)
-        compiled, events = self.manager.activate(sig, lambda s: self._compile(loaded.ov_pipe, s))
+        compiled, events = self.manager.activate(sig, lambda s: self._compile(loaded.ov_pipe, s, plan.model.sha256))
         loaded.ov_pipe.unet.request = compiled["unet"]
         loaded.ov_pipe.vae_decoder.request = compiled["vae_decoder"]
+        compiled_now = any(e["kind"] == "compile" for e in events)
         for event in events:
             if event["kind"] != "evict":
                 event["precision"] = compiled["precision"]
+            if event["kind"] == "compile":
+                event["from_cache"] = compiled["from_cache"]
         p = plan.prompt
-        text_side, text_note = self._text_side(loaded, plan)
+        text_side, text_notes = self._text_side(loaded, plan)
         cond = encode(text_side, p.prompt_final, p.negative, p.chunk_count, request.clip_skip,
                       request.comma_backtrack)
         pipe = loaded.ov_pipe
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), loaded.scheduler_config, generators[0])
+        upcasts = self._guard_vae(loaded, plan, compiled)
+        ran = f"{compiled['precision']}, {request.backend.ov_mode} mode on {plan.backend.device}"
+        fix = ("use accuracy mode (--ov-mode accuracy: fp32)" if request.backend.ov_mode != "accuracy" else
+               "the model's weights or the prompt's weights give values out of range; compare with "
+               "--against torch, and delete the blob cache folder if only OpenVINO fails")
         out = pipe(**cond.pipeline_kwargs(), num_inference_steps=request.steps, guidance_scale=request.cfg,
                    width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
                    generator=generators, output_type="np",
-                   callback_on_step_end=pipeline_callback(on_step, request.steps))
-        notes = [n for n in (loaded.load_note, text_note) if n]
+                   callback_on_step_end=guarded_callback(
+                       on_step, request.steps,
+                       lambda step: non_finite("UNet", f"at step {step} of {request.steps}", ran, fix)))
+        notes = [n for n in (loaded.load_note, *(text_notes or ())) if n]
+        notes += compiled["notes"] if compiled_now else []
+        notes += upcasts
         loaded.load_note = None
         compiled_parts = "text encoder, UNet and VAE" if plan.backend.text_encoder == "openvino" else "UNet and VAE"
         notes.append(f"openvino: {compiled_parts} ran in {compiled['precision']} "

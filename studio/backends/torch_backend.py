@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-from studio.backends.base import BackendOutput, StepCallback, pipeline_callback
+from studio.backends.base import BackendOutput, StepCallback, guarded_callback, non_finite
 from studio.engine import determinism, precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
@@ -95,6 +95,19 @@ class TorchBackend:
             self._last_conditioning = (key, cond)
         return self._last_conditioning[1]
 
+    @staticmethod
+    def _unet_failed(plan: Plan):
+        dtype = plan.backend.precision["unet"]
+        fix = (f"run the UNet in fp32 (--dtype unet=fp32); {dtype} overflowed" if dtype != "fp32" else
+               "the model's weights or the prompt's weights give values out of range; check the model file "
+               "(studio verify --twice) and lower large prompt weights")
+
+        def message(step: int) -> str:
+            return non_finite("UNet", f"at step {step} of {plan.request.steps}",
+                              f"{dtype} on {plan.backend.device}", fix)
+
+        return message
+
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
         import sys
 
@@ -114,7 +127,7 @@ class TorchBackend:
             latents=latents,  # fp32: the scheduler's arithmetic stays fp32 whatever the UNet runs in
             generator=generators,
             output_type="np",
-            callback_on_step_end=pipeline_callback(on_step, request.steps),
+            callback_on_step_end=guarded_callback(on_step, request.steps, self._unet_failed(plan)),
         )
         notes = []
         if getattr(pipe.vae, "_studio_upcasts", 0) > upcasts_before:

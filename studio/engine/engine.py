@@ -193,6 +193,11 @@ class Engine:
             step_cb = None if on_step is None else (lambda s, _n, i=i: on_step(i * steps + s, steps * len(generators)))
             outputs.append(backend.generate(plan.for_image(i), load, latents[i : i + 1], [generator], step_cb))
         images = np.concatenate([o.images for o in outputs])
+        if not np.isfinite(images).all():  # the last line of defence: backends stop earlier, naming the step
+            bad = next(i for i, o in enumerate(outputs) if not np.isfinite(o.images).all())
+            raise StudioError(f"image {bad + 1} of the batch (seed {plan.seeds[bad]}) decoded to NaN/inf values "
+                              f"({plan.backend.name}, VAE in {plan.backend.precision.get('vae')}); nothing was saved: "
+                              "run the VAE in fp32 (--dtype vae=fp32, or OpenVINO accuracy mode)")
         compile_events = outputs[0].compile_events  # later images reuse the first one's signature
         notes = list(dict.fromkeys(n for o in outputs for n in o.notes))
         total = time.perf_counter() - start

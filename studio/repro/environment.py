@@ -18,7 +18,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _cpu() -> tuple[str, list[str]]:
+def cpu_info() -> tuple[str, list[str]]:
     name, flags = platform.processor() or platform.machine(), []
     try:
         text = Path("/proc/cpuinfo").read_text(errors="replace")
@@ -44,11 +44,11 @@ def device_name(device: str) -> str:
         import openvino
 
         return str(openvino.Core().get_property(device.upper(), "FULL_DEVICE_NAME"))
-    return _cpu()[0]
+    return cpu_info()[0]
 
 
 def made_on(backend_device: str = "cpu", inference_precision: dict | None = None) -> dict:
-    cpu_name, flags = _cpu()
+    cpu_name, flags = cpu_info()
     return {
         "os": platform.platform(),
         "python": platform.python_version(),

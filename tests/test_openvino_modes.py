@@ -1,0 +1,197 @@
+"""OpenVINO mode switches and the compiled-blob cache: no run depends on what was compiled before it.
+
+The bug these guard against: OpenVINO keys its blob cache by the model and some compile properties,
+not by the execution-mode or precision hints, so a performance compile after an accuracy compile
+imported the accuracy blob and ran it under bf16 settings (NaN on bf16/AMX CPUs). Tests that depend
+on the precision say which one ran on this CPU.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from studio.repro.environment import cpu_info
+
+MODES = ["accuracy", "performance", "accuracy", "performance"]
+
+
+def ov(tiny_request, mode, **overrides):
+    return tiny_request(backend={"name": "openvino", "device": "CPU", "ov_mode": mode}, lru=8, seed=21, **overrides)
+
+
+def cpu_precision() -> tuple[str, str]:
+    """What OpenVINO's performance mode compiles to on this CPU, and a line that says why."""
+    import openvino
+
+    core = openvino.Core()
+    name, flags = cpu_info()
+    perf = str(core.get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
+    precision = "bf16" if "bf16" in perf or "bfloat16" in perf else "fp32" if "32" in perf else perf
+    where = f"{name} (flags: {', '.join(flags) or 'none of avx2/avx512/amx'})"
+    if precision == "bf16":
+        return precision, f"performance mode runs in bf16 on {where}"
+    return precision, (f"performance mode runs in {precision} on {where}: no avx512_bf16/AMX, and OpenVINO cannot "
+                       "emulate bf16 here (INFERENCE_PRECISION_HINT=bf16 compiles to f32), so the bf16 path cannot run")
+
+
+@pytest.fixture(scope="module")
+def ir_ready(engine):
+    """The tiny model's IR in the session cache (exported once), so each test below can copy it."""
+    from studio.settings import build_request
+
+    engine.run(engine.plan(build_request(prompt="a cat", model="tiny", steps=1, width=64, height=64,
+                                         backend={"name": "openvino", "device": "CPU"})))
+
+
+@pytest.fixture
+def fresh_cache(cache_dir, tmp_path, ir_ready):
+    """A copy of the session cache with no compiled blobs: models, tokenizers and the IR only."""
+    made = []
+
+    def make():
+        target = tmp_path / f"cache{len(made)}"
+        shutil.copytree(cache_dir, target, ignore=lambda d, names: [n for n in names if n in ("compiled", "blobs")
+                                                                   and d.endswith("openvino")])
+        made.append(target)
+        return target
+
+    return make
+
+
+def new_engine(cache, tmp_path):
+    from studio.engine.engine import Engine
+    from studio.settings import AppConfig
+
+    return Engine(AppConfig(cache_dir=cache, output_dir=tmp_path / "out", models_dir=tmp_path / "models"))
+
+
+FRESH_PROCESS = """
+import sys, numpy as np
+from pathlib import Path
+from studio.engine.engine import Engine
+from studio.settings import AppConfig, GenerationRequest
+cache, out, request = sys.argv[1:4]
+engine = Engine(AppConfig(cache_dir=Path(cache), output_dir=Path(out) / "o", models_dir=Path(out) / "m"))
+result = engine.run(engine.plan(GenerationRequest.model_validate_json(request)))
+np.save(Path(out) / "image.npy", result.images)
+"""
+
+
+def run_in_fresh_process(request, cache, out) -> np.ndarray:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", STUDIO_CACHE_DIR=str(cache))
+    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(cache), str(out), request.model_dump_json()],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return np.load(out / "image.npy")
+
+
+def test_mode_switches_in_one_process_match_a_fresh_process(fresh_cache, tiny_request, tmp_path, capsys):
+    precision, why = cpu_precision()
+    engine = new_engine(fresh_cache(), tmp_path)
+    runs: dict[str, list] = {}
+    for mode in MODES:
+        result = engine.run(engine.plan(ov(tiny_request, mode)))
+        assert np.isfinite(result.images).all(), f"{mode} after {list(runs)}: non-finite image"
+        runs.setdefault(mode, []).append(result)
+    assert runs["performance"][0].compile_events[0]["precision"] == precision
+    # A second engine in this process reads both variants back from its blob cache.
+    again = new_engine(engine.config.cache_dir, tmp_path)
+    for mode, (first, second) in runs.items():
+        np.testing.assert_array_equal(first.images, second.images)
+        cached = again.run(again.plan(ov(tiny_request, mode)))
+        assert cached.compile_events[0]["from_cache"] is True, cached.notes
+        np.testing.assert_array_equal(cached.images, first.images)
+        # The same plan alone, in a fresh process with an empty blob cache: the same pixels.
+        out = tmp_path / f"fresh-{mode}"
+        out.mkdir()
+        np.testing.assert_array_equal(run_in_fresh_process(first.plan.request, fresh_cache(), out), first.images)
+    drift = float(np.abs(runs["performance"][0].images - runs["accuracy"][0].images).max())
+    if precision == "bf16":
+        assert 0 < drift <= 0.05, drift
+    with capsys.disabled():
+        print(f"\n[precision] {why}; performance vs accuracy max abs diff {drift:.3g}")
+
+
+def test_bf16_performance_after_accuracy_is_finite_and_fast_precision(fresh_cache, tiny_request, tmp_path):
+    """The reported failure itself: accuracy, then performance, in one engine, on a CPU where bf16 is real."""
+    precision, why = cpu_precision()
+    if precision != "bf16":
+        pytest.skip(why)
+    engine = new_engine(fresh_cache(), tmp_path)
+    accurate = engine.run(engine.plan(ov(tiny_request, "accuracy")))
+    fast = engine.run(engine.plan(ov(tiny_request, "performance")))
+    assert fast.compile_events[0]["precision"] == "bf16" and fast.compile_events[0]["from_cache"] is False
+    assert np.isfinite(fast.images).all()
+    assert 0 < np.abs(fast.images - accurate.images).max() <= 0.05
+
+
+def test_performance_compile_never_reads_the_accuracy_blob(fresh_cache, tiny_request, tmp_path):
+    """The root cause, checked on any CPU: OpenVINO would import the accuracy blob (LOADED_FROM_CACHE)."""
+    cache = fresh_cache()
+    first = new_engine(cache, tmp_path)
+    first.run(first.plan(ov(tiny_request, "accuracy")))
+    engine = new_engine(cache, tmp_path)
+    fast = engine.run(engine.plan(ov(tiny_request, "performance")))
+    assert fast.compile_events[0]["from_cache"] is False
+    folders = sorted((cache / "openvino" / "compiled").iterdir())
+    assert [f.name.split("-")[2] for f in folders] == ["accuracy", "performance"], folders
+    for folder in folders:
+        key = json.loads((folder / "studio-key.json").read_text())
+        assert key["mode"] in folder.name and key["hints"]["EXECUTION_MODE_HINT"] == key["mode"].upper()
+        assert [p for p in folder.iterdir() if p.suffix == ".blob"], f"{folder.name} holds no blob"
+
+
+def test_corrupt_blob_is_detected_and_recompiled(fresh_cache, tiny_request, tmp_path):
+    cache = fresh_cache()
+    first_engine = new_engine(cache, tmp_path)
+    first = first_engine.run(first_engine.plan(ov(tiny_request, "accuracy")))
+    (folder,) = (cache / "openvino" / "compiled").iterdir()
+    blob = max(folder.glob("*.blob"), key=lambda p: p.stat().st_size)  # the UNet's
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    engine = new_engine(cache, tmp_path)  # a new process would do the same: nothing remembered
+    result = engine.run(engine.plan(ov(tiny_request, "accuracy")))
+    assert any(f"blob {blob.name}" in n and "corrupt" in n and "compiling afresh" in n for n in result.notes), \
+        result.notes
+    assert result.compile_events[0]["from_cache"] is False
+    np.testing.assert_array_equal(result.images, first.images)
+    assert blob.read_bytes() != bytes(data)  # rewritten by the new compile
+
+
+def test_foreign_blobs_are_removed_and_recompiled(fresh_cache, tiny_request, tmp_path):
+    """A folder filled under other settings (here: the accuracy blobs copied into the performance folder)."""
+    cache = fresh_cache()
+    engine = new_engine(cache, tmp_path)
+    engine.run(engine.plan(ov(tiny_request, "accuracy")))
+    fast = engine.run(engine.plan(ov(tiny_request, "performance")))
+    accuracy_dir, performance_dir = sorted((cache / "openvino" / "compiled").iterdir())
+    shutil.rmtree(performance_dir)
+    shutil.copytree(accuracy_dir, performance_dir)
+    engine = new_engine(cache, tmp_path)
+    result = engine.run(engine.plan(ov(tiny_request, "performance")))
+    assert any("not written for these compile settings" in n for n in result.notes), result.notes
+    assert result.compile_events[0]["from_cache"] is False
+    np.testing.assert_array_equal(result.images, fast.images)
+    # A stray file in a folder studio owns is foreign too.
+    (performance_dir / "12345.blob").write_bytes(b"not a blob")
+    engine = new_engine(cache, tmp_path)
+    result = engine.run(engine.plan(ov(tiny_request, "performance")))
+    assert any("blob 12345.blob" in n and "foreign" in n for n in result.notes), result.notes
+    assert not (performance_dir / "12345.blob").exists()
+
+
+def test_old_shared_blob_folder_is_removed(fresh_cache, tiny_request, tmp_path):
+    cache = fresh_cache()
+    legacy = cache / "openvino" / "blobs"
+    legacy.mkdir(parents=True)
+    (legacy / "5364296290554738799.blob").write_bytes(b"an accuracy blob from an older studio")
+    engine = new_engine(cache, tmp_path)
+    result = engine.run(engine.plan(ov(tiny_request, "performance")))
+    assert any("removed the old shared blob cache" in n for n in result.notes), result.notes
+    assert not legacy.exists()
