@@ -130,6 +130,14 @@ def main() -> int:
             switches.append(time.perf_counter() - t)
 
     torch_step, torch_total = rows["torch fp32 (studio)"]
+    from studio.repro.environment import cpu_info
+
+    cpu, flags = cpu_info()
+    ran = {mode: next((e.get("precision") for e in notes[mode][1] if e.get("precision")), "?")
+           for mode in ("accuracy", "performance")}
+    bf16 = "bf16 in force" if ran["performance"] == "bf16" else "no bf16 on this CPU: performance mode ran in fp32"
+    print(f"CPU: {cpu} ({os.cpu_count()} cores; flags: {', '.join(flags) or 'none listed'}); "
+          f"accuracy ran in {ran['accuracy']}, performance in {ran['performance']} ({bf16})")
     print(f"model {args.model}, {args.size}x{args.size}, {args.steps} steps, CFG batch 2, median of {args.runs}\n")
     print("| path | s/step | run (s) | torch step / this |")
     print("|---|---|---|---|")

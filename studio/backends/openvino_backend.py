@@ -307,13 +307,13 @@ class OpenVINOBackend:
         vae.decode = decode_guarded
         return upcasts
 
-    def _text_side(self, loaded: Loaded, plan: Plan) -> tuple[TextSide, Optional[str]]:
+    def _text_side(self, loaded: Loaded, plan: Plan) -> tuple[TextSide, list[str]]:
         """The text encoders this plan asks for, compiled on first use per device and mode."""
         if plan.backend.text_encoder != "openvino":
-            return loaded.text, None
+            return loaded.text, []
         key = (plan.backend.device, plan.backend.mode)
         if key in loaded.ov_text:
-            return loaded.ov_text[key], None
+            return loaded.ov_text[key], []
         start = time.perf_counter()
         side = TextSide(tokenizer=loaded.text.tokenizer, text_encoder=None, config=loaded.text.config)
         models = {}
@@ -358,14 +358,14 @@ class OpenVINOBackend:
         ran = f"{compiled['precision']}, {request.backend.ov_mode} mode on {plan.backend.device}"
         fix = ("use accuracy mode (--ov-mode accuracy: fp32)" if request.backend.ov_mode != "accuracy" else
                "the model's weights or the prompt's weights give values out of range; compare with "
-               "--against torch, and delete the blob cache folder if only OpenVINO fails")
+               "--against torch; if only OpenVINO fails, delete openvino/compiled in studio's cache folder")
         out = pipe(**cond.pipeline_kwargs(), num_inference_steps=request.steps, guidance_scale=request.cfg,
                    width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
                    generator=generators, output_type="np",
                    callback_on_step_end=guarded_callback(
                        on_step, request.steps,
                        lambda step: non_finite("UNet", f"at step {step} of {request.steps}", ran, fix)))
-        notes = [n for n in (loaded.load_note, *(text_notes or ())) if n]
+        notes = [n for n in (loaded.load_note, *text_notes) if n]
         notes += compiled["notes"] if compiled_now else []
         notes += upcasts
         loaded.load_note = None
