@@ -175,3 +175,48 @@ def test_saving_a_preset_from_the_app(server, config):
     error, _ = client.predict("../escape", *controls(), api_name="/save_preset")
     assert "name the preset" in error
     assert not (config.output_dir.parent / "escape.json").exists()
+
+
+def test_direct_api_posts_are_refused_only_the_queue_runs(server):
+    import json
+    import urllib.error
+    import urllib.request
+
+    for route in ("gradio_api/api/generate", "gradio_api/run/generate", "gradio_api/api/plan_preview"):
+        request = urllib.request.Request(server + route, data=json.dumps({"data": controls(batch=1)}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=60)
+            raise AssertionError(f"{route} ran a job outside the queue")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and b"join the queue" in exc.read(), route
+
+
+def test_queued_jobs_at_once_each_equal_their_seed_run_alone(server, engine):
+    import json
+    import re
+
+    import numpy as np
+    from gradio_client import Client
+    from PIL import Image
+
+    from studio.metadata.png import read_text_chunks
+    from studio.settings import build_request
+
+    samplers = ["euler", "euler_a", "dpmpp_2m", "heun"]
+    clients = [Client(server, verbose=False) for _ in samplers]
+    jobs = [client.submit(*controls(seed=900 + i, batch=1, sampler=s, seed_mode="fixed"), api_name="/generate")
+            for i, (client, s) in enumerate(zip(clients, samplers))]
+    for i, (job, sampler) in enumerate(zip(jobs, samplers)):
+        _, error, info, _ = job.result(timeout=300)
+        assert error == "", error
+        seed, path = re.search(r"`(\d+)` · noise `\w+` · (\S+\.png)", info).groups()
+        assert int(seed) == 900 + i
+        alone = engine.run(engine.plan(build_request(
+            prompt="a lighthouse at dusk", seed=900 + i, steps=3, cfg=7.0, sampler=sampler, width=64, height=64,
+            model="tiny")))
+        saved = Image.open(path)
+        np.testing.assert_array_equal(np.asarray(saved.convert("RGB")), np.asarray(alone.pil_images()[0]),
+                                      err_msg=f"job {i} ({sampler}, seed {900 + i})")
+        record = json.loads(read_text_chunks(path)["studio"])
+        assert record["plan"]["seeds"] == [900 + i] and record["plan"]["sampler"] == sampler

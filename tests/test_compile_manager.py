@@ -58,3 +58,18 @@ def test_another_model_with_the_same_shapes_compiles():
     compiled, events = m.activate(b, lambda s: "B")
     assert compiled == "B" and events[0]["kind"] == "compile"
     assert m.activate(a, lambda s: "again")[0] == "A"  # the first model's variant is still cached
+
+
+def test_predict_changes_nothing_even_with_a_smaller_lru():
+    m = CompileManager(capacity=3)
+    a, b, c = sig(chunks=1), sig(chunks=2), sig(chunks=3)
+    for s in (a, b, c):
+        m.activate(s, compile_fn)
+    before = (m.cached, dict(m.counters), m.capacity)
+    p = m.predict(a, capacity=1)  # resize(1) keeps c only; compiling a then drops c too
+    assert p.will_compile and p.evicts == f"{b}, {c}"
+    assert m.predict(c, capacity=1).reason == "cached"
+    assert (m.cached, dict(m.counters), m.capacity) == before
+    events = m.resize(1) + m.activate(a, compile_fn)[1]  # what a run with lru 1 does
+    assert [e["signature"] for e in events if e["kind"] == "evict"] == [str(a), str(b), str(c)]
+    assert m.cached == [str(a)]

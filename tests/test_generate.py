@@ -160,3 +160,29 @@ def test_sd2_style_v_prediction_folder_generates(engine, tiny_request, config):
     assert np.array_equal(a.images, b.images)
     pipe = next(iter(engine.backend("torch")._pipelines.values()))
     assert pipe.scheduler.config.prediction_type == "v_prediction"  # the sampler kept the model's objective
+
+
+def test_runs_side_by_side_equal_runs_alone(engine, tiny_request):
+    """Threads sharing one engine (as the app's HTTP routes do): each image equals its seed run alone."""
+    import threading
+
+    jobs = [tiny_request(seed=900 + i, sampler=sampler, prompt=prompt) for i, (sampler, prompt) in
+            enumerate([("euler", "a cat"), ("euler_a", "a dog on a hill"), ("dpmpp_2m", "a red car, BREAK night"),
+                       ("heun", "a tree")] * 2)]
+    alone = [engine.run(engine.plan(job)).images for job in jobs]
+    together, errors = [None] * len(jobs), []
+
+    def work(i):
+        try:
+            together[i] = engine.run(engine.plan(jobs[i])).images
+        except Exception as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(f"job {i}: {exc!r}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, image in enumerate(together):
+        np.testing.assert_array_equal(image, alone[i], err_msg=f"job {i} (seed {900 + i})")

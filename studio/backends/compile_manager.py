@@ -8,6 +8,7 @@ and why, before anything runs; `activate` does it and reports events with measur
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -52,56 +53,74 @@ def describe_change(old: Optional[Signature], new: Signature) -> str:
 
 
 class CompileManager:
+    """The LRU of compiled variants. `predict` only reads (planning is pure); `activate` and `resize` change it.
+
+    The engine runs one job at a time, but plans are previewed while a job runs, so reads and changes
+    each hold a short lock (never across a compile).
+    """
+
     def __init__(self, capacity: int = 3):
         self._lru: OrderedDict[Signature, Any] = OrderedDict()
         self._evicted: set[Signature] = set()
         self._last: Optional[Signature] = None
+        self._lock = threading.Lock()
         self.capacity = capacity
         self.counters = {"compiles": 0, "hits": 0, "evictions": 0}
 
     @property
     def cached(self) -> list[str]:
         """Signatures held, oldest first."""
-        return [str(s) for s in self._lru]
+        with self._lock:
+            return [str(s) for s in self._lru]
 
     def _reason(self, sig: Signature) -> str:
         if sig in self._evicted:
             return f"evicted earlier (LRU holds {self.capacity}): " + describe_change(self._last, sig)
         return describe_change(self._last, sig)
 
-    def predict(self, sig: Signature) -> CompilePlan:
-        if sig in self._lru:
-            return CompilePlan(signature=str(sig), will_compile=False, reason="cached")
-        evicts = next(iter(self._lru)) if len(self._lru) >= self.capacity else None
-        return CompilePlan(signature=str(sig), will_compile=True, reason=self._reason(sig),
-                           evicts=str(evicts) if evicts else None)
+    def predict(self, sig: Signature, capacity: Optional[int] = None) -> CompilePlan:
+        """What `activate(sig)` would do after `resize(capacity)`, without changing anything."""
+        capacity = self.capacity if capacity is None else capacity
+        with self._lock:
+            held = list(self._lru)
+            kept = held[max(len(held) - capacity, 0):]  # what resize(capacity) keeps
+            if sig in kept:
+                return CompilePlan(signature=str(sig), will_compile=False, reason="cached")
+            dropped = [s for s in held if s not in kept and s != sig]
+            if len(kept) >= capacity:
+                dropped.append(kept[0])
+            return CompilePlan(signature=str(sig), will_compile=True, reason=self._reason(sig),
+                               evicts=", ".join(str(s) for s in dropped) or None)
 
     def activate(self, sig: Signature, compile_fn: Callable[[Signature], Any]) -> tuple[Any, list[dict]]:
         """The compiled variant for ``sig`` (compiling it if needed) and the events that took place."""
-        if sig in self._lru:
-            self._lru.move_to_end(sig)
-            self._last = sig
-            self.counters["hits"] += 1
-            return self._lru[sig], [{"kind": "hit", "signature": str(sig), "reason": "cached", "seconds": 0.0}]
-        reason = self._reason(sig)
+        with self._lock:
+            if sig in self._lru:
+                self._lru.move_to_end(sig)
+                self._last = sig
+                self.counters["hits"] += 1
+                return self._lru[sig], [{"kind": "hit", "signature": str(sig), "reason": "cached", "seconds": 0.0}]
+            reason = self._reason(sig)
         start = time.perf_counter()
         compiled = compile_fn(sig)
         seconds = time.perf_counter() - start
         events = [{"kind": "compile", "signature": str(sig), "reason": reason, "seconds": round(seconds, 4)}]
-        self._lru[sig] = compiled
-        self._evicted.discard(sig)
-        self._last = sig
-        self.counters["compiles"] += 1
+        with self._lock:
+            self._lru[sig] = compiled
+            self._evicted.discard(sig)
+            self._last = sig
+            self.counters["compiles"] += 1
         return compiled, events + self.resize(self.capacity)
 
     def resize(self, capacity: int) -> list[dict]:
         """Set the LRU size; evicts the oldest variants beyond it (a compile also calls this)."""
-        self.capacity = capacity
         events = []
-        while len(self._lru) > capacity:
-            old, _ = self._lru.popitem(last=False)
-            self._evicted.add(old)
-            self.counters["evictions"] += 1
-            events.append({"kind": "evict", "signature": str(old), "reason": f"LRU holds {capacity}",
-                           "seconds": 0.0})
+        with self._lock:
+            self.capacity = capacity
+            while len(self._lru) > capacity:
+                old, _ = self._lru.popitem(last=False)
+                self._evicted.add(old)
+                self.counters["evictions"] += 1
+                events.append({"kind": "evict", "signature": str(old), "reason": f"LRU holds {capacity}",
+                               "seconds": 0.0})
         return events

@@ -201,9 +201,8 @@ class OpenVINOBackend:
                          height=height, chunks=chunks, model=model)
 
     def predict_compile(self, request, model, width, height, chunks):
-        self.manager.resize(request.lru)
         return self.manager.predict(self.signature(request, model, width, height, chunks,
-                                                   self._device(request.backend.device)))
+                                                   self._device(request.backend.device)), request.lru)
 
     # -- export / load -----------------------------------------------------------------------------
     def _ir_dir(self, sha256: str) -> Path:

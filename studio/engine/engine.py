@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ class Engine:
         self.registry = ModelRegistry(config.models_dir, config.cache_dir, config.allow_unsafe_pickle)
         self._backends: dict[str, Backend] = {}
         self._expanders: dict[str, Any] = {}  # causal-LM expanders by folder, loaded once
+        # One run at a time: backends keep mutable state (the pipeline's scheduler, cached conditioning,
+        # compiled variants) that two runs side by side would tear, and determinism flags are process-wide.
+        # Plans need no lock: planning only reads.
+        self._run_lock = threading.Lock()
 
     # -- parts -------------------------------------------------------------------------------
     def backend(self, name: str) -> Backend:
@@ -168,6 +173,11 @@ class Engine:
 
     # -- plan → images ---------------------------------------------------------------------------
     def run(self, plan: Plan, on_step: Optional[StepCallback] = None) -> Result:
+        """The images of ``plan``; a run waits for the one before it, so no two share a pipeline."""
+        with self._run_lock:
+            return self._run(plan, on_step)
+
+    def _run(self, plan: Plan, on_step: Optional[StepCallback]) -> Result:
         start = time.perf_counter()
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
         # on the generators' device; the pipeline moves them to where it runs

@@ -304,4 +304,6 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         save_button.click(save_preset, [save_name, *controls], [error, saved_file], api_name="save_preset")
         open_button.click(open_preset, [preset_name, preset_upload], [*controls, error, report_box],
                           api_name="open_preset")
+    # Every call goes through the queue: the direct REST routes (which skipped it) are closed.
+    app.queue(api_open=False)
     return app
