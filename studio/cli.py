@@ -187,17 +187,18 @@ def cmd_generate(args) -> dict:
     engine = Engine(_config(args))
     requests = requests_from_args(args, engine.registry)  # every job is validated before the first one runs
     jobs, totals = [], {"total_s": 0.0, "compile_s": 0.0, "steps": 0, "run_s": 0.0}
-    plan = None
-    carried_seed = None
+    # Every job is planned before the first runs, so a bad prompt on line 40 fails before anything is written.
+    plans, carried_seed = [], None
     for request in requests:
         if carried_seed is not None:
             request = request.model_copy(update={"seed": carried_seed})
-        plan = engine.plan(request)
-        if not jobs:
-            _note_untrained(plan)
+        plans.append(engine.plan(request))
+        carried_seed = engine.next_request(request, plans[-1]).seed
+    _note_untrained(plans[0])
+    for plan in plans:
+        plan = engine.with_current_compile(plan)  # what the jobs before it compiled changes the prediction
         result = engine.run(plan)
         images = save_result(result, engine.config.output_dir, args.format)
-        carried_seed = engine.next_request(request, plan).seed
         jobs.append({
             "prompt": plan.prompt.prompt,
             "prompt_final": plan.prompt.prompt_final,

@@ -116,6 +116,13 @@ def test_prompt_file_jobs_run_in_order(capsys, cache_dir, out_dir, tmp_path):
     assert [j["images"][0]["seed"] for j in doc["jobs"]] == [3, 3]  # fixed seed mode
 
 
+def test_a_bad_later_job_fails_before_the_first_is_written(capsys, cache_dir, out_dir, tmp_path):
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("a fine first prompt\nsecond line (cat:5000)\n", encoding="utf-8")
+    assert_user_error(capsys, out_dir, [*BASE, "--prompt-file", str(pf), "--seed", "3"],
+                      "prompt weight 5000.0 (on 'cat') is out of range")
+
+
 def test_tokens_json(capsys, cache_dir):
     code, out, _ = run_cli(capsys, "tokens", "a photograph of an astronaut riding a horse", "--json")
     assert code == 0

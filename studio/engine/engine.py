@@ -158,6 +158,13 @@ class Engine:
                           negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded),
                           expansion=expansion_info, per_image=finals if len(set(finals)) > 1 else None)
 
+    def with_current_compile(self, plan: Plan) -> Plan:
+        """``plan`` with its compile prediction made again now (jobs run since it was planned change it)."""
+        backend = self.backend(plan.backend.name)
+        prediction = backend.predict_compile(plan.request, plan.model.short_hash, plan.width, plan.height,
+                                             plan.prompt.chunk_count)
+        return plan.model_copy(update={"compile": prediction})
+
     def preview_fingerprints(self, plan: Plan) -> list[str]:
         """The initial-noise fingerprints a run of ``plan`` will have (noise is cheap to draw; nothing else runs)."""
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
