@@ -314,7 +314,9 @@ def _import_preset(args) -> dict:
     from studio.metadata.a1111 import parse_infotext, to_request_values
     from studio.metadata.fooocus import load_fooocus_preset
     from studio.metadata.read import read_metadata
-    from studio.settings import Preset, build_request
+    from pydantic import ValidationError
+
+    from studio.settings import Preset, build_request, validation_message
 
     report: dict = {"notes": []}
     sha = None
@@ -365,8 +367,11 @@ def _import_preset(args) -> dict:
         else:
             raise StudioError(f"no generation settings found in {args.source}")
     build_request(**{**values, "model": "tiny"})  # the values are valid before anything is written
-    preset = Preset(name=args.out.stem, description=f"imported from {args.source.name} ({args.kind})",
-                    model={"file": model, "sha256": sha}, request={**values}, plan=plan)
+    try:
+        preset = Preset(name=args.out.stem, description=f"imported from {args.source.name} ({args.kind})",
+                        model={"file": model, "sha256": sha}, request={**values}, plan=plan)
+    except ValidationError as exc:
+        raise StudioError(f"{args.source}: cannot make a preset of it: {validation_message(exc)}") from None
     path = presets.save(preset, args.out)
     if not args.json:
         print(path)

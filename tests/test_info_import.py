@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -196,3 +197,64 @@ def test_a1111_prompt_starting_with_a_brace_is_still_a1111(capsys, tmp_path):
     assert code == 0, err
     doc = json.loads(out)
     assert doc["source"] == "a1111" and doc["request"]["prompt"] == "{red|blue} car"
+
+
+def _png_with_record(path, record: str):
+    info = PngInfo()
+    info.add_text("studio", record)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+
+
+@pytest.mark.parametrize("record,needle", [
+    ({"plan": [1]}, "'plan' is not an object"),
+    ({"plan": "x"}, "'plan' is not an object"),
+    ({"plan": {"request": "abc"}}, "plan.request is not an object"),
+    ({"plan": {"model": {"name": 5}}}, "plan.model.name is not text"),
+    ({"plan": {"model": {"name": "tiny", "sha256": "nothex"}, "request": {}}}, "plan.model.sha256 is not 64 hex"),
+])
+def test_hostile_studio_records_are_one_clear_line(capsys, cache_dir, tmp_path, record, needle):
+    path = tmp_path / "hostile.png"
+    _png_with_record(path, json.dumps(record))
+    for argv in (["info", str(path), "--json"],
+                 ["preset", "import", str(path), "--from", "image", "--out", str(tmp_path / "p.json"), "--json"]):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, (argv, err)
+    assert not (tmp_path / "p.json").exists()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+    | st.sampled_from(["tiny", "a" * 64, "euler", "dpmpp_2m"]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["plan", "request", "model", "name", "sha256", "seed", "prompt", "steps", "image", "run",
+                         "backend", "sampler", "width", "x"]), inner, max_size=5),
+    max_leaves=20)
+
+
+def test_random_studio_records_never_crash(cache_dir, tmp_path):
+    """Seeded fuzzing: whatever the record holds, info and import answer with JSON or one error line."""
+    import contextlib
+    import io
+
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=300, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(record=_json)
+    def check(record):
+        path = tmp_path / "fuzz.png"
+        _png_with_record(path, json.dumps({"plan": record} if not isinstance(record, dict) else record))
+        for argv in (["info", str(path), "--json"],
+                     ["preset", "import", str(path), "--from", "image", "--out", str(tmp_path / "f.json"), "--json"]):
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(argv)
+            assert code in (0, 2), (argv, record, err.getvalue())
+            if code == 2:
+                lines = err.getvalue().strip().splitlines()
+                assert len(lines) == 1 and lines[0].startswith("error: "), (record, err.getvalue())
+            else:
+                json.loads(out.getvalue())
+
+    check()

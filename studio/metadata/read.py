@@ -7,6 +7,8 @@ stay as they are.
 
 from __future__ import annotations
 
+import re
+
 import warnings
 from pathlib import Path
 
@@ -29,7 +31,28 @@ def parse_studio_json(text: str, where: str) -> dict:
     record = parse_json(text, f"{where}: the studio record")
     if not isinstance(record, dict):
         raise StudioError(f"{where}: the studio record is JSON but not an object")
+    _check_record_shape(record, where)
     return record
+
+
+def _check_record_shape(record: dict, where: str) -> None:
+    """The parts of a studio record that readers use have the types they expect (a hostile file may lie)."""
+    def refuse(what: str) -> None:
+        raise StudioError(f"{where}: the studio record's {what}; it was not written by studio, or was changed")
+
+    for key in ("plan", "image", "run"):
+        if key in record and record[key] is not None and not isinstance(record[key], dict):
+            refuse(f"{key!r} is not an object")
+    plan = record.get("plan") or {}
+    for key in ("request", "model", "prompt", "backend"):
+        if key in plan and not isinstance(plan[key], dict):
+            refuse(f"plan.{key} is not an object")
+    model = plan.get("model") or {}
+    if "name" in model and not isinstance(model["name"], str):
+        refuse("plan.model.name is not text")
+    sha = model.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        refuse("plan.model.sha256 is not 64 hex digits")
 
 
 def _describe(exc: BaseException) -> str:
