@@ -46,7 +46,7 @@ class GenerationRequest(_Strict):
     seed_mode: SeedMode = "fixed"
     batch: int = Field(default=1, ge=1, le=16)
     steps: int = Field(default=30, ge=1, le=150)
-    cfg: float = Field(default=7.0, ge=0.0, le=30.0)
+    cfg: float = Field(default=7.0, ge=0.0, le=30.0, allow_inf_nan=False)
     sampler: str = "dpmpp_2m_sde_karras"
     width: Optional[int] = None
     height: Optional[int] = None

@@ -220,3 +220,29 @@ def test_queued_jobs_at_once_each_equal_their_seed_run_alone(server, engine):
                                       err_msg=f"job {i} ({sampler}, seed {900 + i})")
         record = json.loads(read_text_chunks(path)["studio"])
         assert record["plan"]["seeds"] == [900 + i] and record["plan"]["sampler"] == sampler
+
+
+def call_queued(server, api_name, data):
+    """A raw HTTP call through the queue (/call/NAME, then its event stream): what any HTTP client can send,
+    NaN included (gradio_client refuses to encode NaN)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{server}gradio_api/call/{api_name}", data=json.dumps({"data": data}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    event_id = json.loads(urllib.request.urlopen(request, timeout=60).read())["event_id"]
+    stream = urllib.request.urlopen(f"{server}gradio_api/call/{api_name}/{event_id}", timeout=300).read().decode()
+    events = [block.splitlines() for block in stream.strip().split("\n\n")]
+    kind, payload = events[-1][0].removeprefix("event: "), events[-1][1].removeprefix("data: ")
+    return kind, json.loads(payload)
+
+
+def test_hostile_numbers_over_http_are_clear_messages(server):
+    nan = float("nan")
+    for overrides, needle in ((dict(batch=nan), "batch: Input should be a finite number"),
+                              (dict(cfg=nan), "cfg: Input should be a finite number"),
+                              (dict(steps=2.5), "steps: Input should be a valid integer")):
+        for api_name in ("generate", "plan_preview"):
+            kind, data = call_queued(server, api_name, controls(**overrides))
+            assert kind == "complete", (overrides, api_name, kind, data)
+            assert needle in data[1 if api_name == "generate" else 0], (overrides, api_name, data)

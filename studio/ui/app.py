@@ -37,13 +37,16 @@ def _replay_texts(values: dict) -> list[str] | None:
 
 def request_values(values: dict) -> dict:
     """UI control values → GenerationRequest fields."""
+    # Numbers are passed as they came: the request model checks them (a NaN, a null or a text from a
+    # hostile API call is a clear message there, where int()/float() here would raise).
     seed = values["seed"]
+    negative_seed = isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0
     return dict(
         prompt=values["prompt"] or "", negative_prompt=values["negative_prompt"] or "",
-        seed=None if values["seed_mode"] == "random" or seed is None or seed < 0 else int(seed),
-        seed_mode=values["seed_mode"], batch=int(values["batch"]), steps=int(values["steps"]),
-        cfg=float(values["cfg"]), sampler=values["sampler"], width=int(values["width"]),
-        height=int(values["height"]), model=values["model"], noise_source=values["noise_source"],
+        seed=None if values["seed_mode"] == "random" or seed is None or negative_seed else seed,
+        seed_mode=values["seed_mode"], batch=values["batch"], steps=values["steps"],
+        cfg=values["cfg"], sampler=values["sampler"], width=values["width"],
+        height=values["height"], model=values["model"], noise_source=values["noise_source"],
         deterministic=bool(values["deterministic"]), expansion=bool(values["expansion"]),
         precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
         backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"],
