@@ -26,3 +26,13 @@ def test_second_start_reuses_the_venv_and_passes_flags(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --share makes the app public")
     assert "Installing" not in proc.stdout  # nothing reinstalled
     assert stamp.stat().st_mtime_ns == before
+
+
+def test_listen_without_auth_is_warned_with_the_address():
+    from studio.ui.server import build_parser, listen_warning
+
+    args = build_parser().parse_args(["--listen"])
+    warning = listen_warning(args.listen, args.port, [])
+    assert warning.startswith("warning: listening on 0.0.0.0:7865 with no login") and "--auth" in warning
+    assert listen_warning("192.168.1.5", 7000, [("u", "p")]) is None  # a login is asked for
+    assert listen_warning("127.0.0.1", 7865, []) is None  # this machine only

@@ -45,6 +45,17 @@ def parse_auth(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]
     return pairs
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def listen_warning(host: str, port: int, auth: list) -> str | None:
+    """The warning to print when the app is reachable from other machines with no login."""
+    if host in LOOPBACK or auth:
+        return None
+    return (f"warning: listening on {host}:{port} with no login: anyone who can reach this port can generate "
+            "images and see the outputs; add --auth user:pass or --auth-file FILE")
+
+
 def main(argv: list[str] | None = None) -> int:
     from studio.runtime import prepare_process
 
@@ -67,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
+    warning = listen_warning(args.listen, args.port, auth)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     app.queue().launch(server_name=args.listen, server_port=args.port, share=args.share,
                        auth=auth or None, inbrowser=False, show_error=True)
     return 0
