@@ -212,9 +212,11 @@ class Engine:
         images = np.concatenate([o.images for o in outputs])
         if not np.isfinite(images).all():  # the last line of defence: backends stop earlier, naming the step
             bad = next(i for i, o in enumerate(outputs) if not np.isfinite(o.images).all())
+            vae = plan.backend.precision.get("vae")
+            fix = ("run the VAE in fp32 (--dtype vae=fp32, or OpenVINO accuracy mode)" if vae != "fp32" else
+                   "the VAE's weights give values out of range: check the model file (or its VAE)")
             raise StudioError(f"image {bad + 1} of the batch (seed {plan.seeds[bad]}) decoded to NaN/inf values "
-                              f"({plan.backend.name}, VAE in {plan.backend.precision.get('vae')}); nothing was saved: "
-                              "run the VAE in fp32 (--dtype vae=fp32, or OpenVINO accuracy mode)")
+                              f"({plan.backend.name}, VAE in {vae}); nothing was saved: {fix}")
         compile_events = outputs[0].compile_events  # later images reuse the first one's signature
         notes = list(dict.fromkeys(n for o in outputs for n in o.notes))
         total = time.perf_counter() - start

@@ -135,6 +135,8 @@ def parse_fooocus_json(text: str) -> dict:
         seed = _whole(data["seed"])
         if seed is None:
             notes.append(f"seed: expected a whole number, got {show_value(data['seed'])}; left out")
+        elif seed < 0:
+            notes.append(f"seed {seed} is negative; left out, so studio draws its own")
         elif seed > MAX_SEED:
             notes.append(f"seed {seed} is beyond studio's 32-bit seeds (Fooocus allows 63 bits); left out, "
                          "so studio draws its own")

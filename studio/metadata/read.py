@@ -44,7 +44,7 @@ def _check_record_shape(record: dict, where: str) -> None:
         if key in record and record[key] is not None and not isinstance(record[key], dict):
             refuse(f"{key!r} is not an object")
     plan = record.get("plan") or {}
-    for key in ("request", "model", "prompt", "backend"):
+    for key in ("request", "model"):  # what readers use (cli info and preset import)
         if key in plan and not isinstance(plan[key], dict):
             refuse(f"plan.{key} is not an object")
     model = plan.get("model") or {}
