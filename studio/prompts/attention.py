@@ -65,6 +65,8 @@ def parse(text: str) -> list[tuple[str, float]]:
                 segments.append(["BREAK", BREAK_MARK])
             segments.append([part, 1.0])
 
+    opens = {"(": round_open, "[": square_open}  # one stack per bracket kind, as A1111 keeps them
+    closes = {")": (round_open, ROUND), "]": (square_open, SQUARE)}
     pos, end = 0, len(text)
     while pos < end:
         char = text[pos]
@@ -75,22 +77,14 @@ def parse(text: str) -> list[tuple[str, float]]:
             else:
                 segments.append(["", 1.0])
                 pos += 1
-        elif char == "(":
-            round_open.append(len(segments))
+        elif char in opens:
+            opens[char].append(len(segments))
             pos += 1
-        elif char == "[":
-            square_open.append(len(segments))
-            pos += 1
-        elif char == ")":
-            if round_open:
-                scale(round_open.pop(), ROUND)
-            else:
-                add_text(char)
-            pos += 1
-        elif char == "]":
-            if square_open:
-                scale(square_open.pop(), SQUARE)
-            else:
+        elif char in closes:
+            stack, factor = closes[char]
+            if stack:
+                scale(stack.pop(), factor)
+            else:  # nothing of its kind open: literal text
                 add_text(char)
             pos += 1
         elif char == ":":
