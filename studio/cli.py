@@ -111,11 +111,14 @@ def _precision(pairs: list[str]) -> dict:
 def _prompts(args) -> list[str]:
     prompts = list(args.prompt or [])
     if args.prompt_file is not None:
-        try:
-            text = args.prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StudioError(f"cannot read prompt file {args.prompt_file}: {exc.strerror or exc}") from None
-        prompts += [line.strip() for line in text.splitlines() if line.strip()]
+        from studio.untrusted import MAX_PROMPT_FILE_BYTES, MAX_PROMPT_FILE_LINES, read_text_bounded
+
+        text = read_text_bounded(args.prompt_file, MAX_PROMPT_FILE_BYTES, f"prompt file {args.prompt_file}")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) > MAX_PROMPT_FILE_LINES:
+            raise StudioError(f"prompt file {args.prompt_file} has {len(lines)} prompts; the most in one run is "
+                              f"{MAX_PROMPT_FILE_LINES}: split the file")
+        prompts += lines
     return prompts or [""]
 
 
@@ -331,10 +334,9 @@ def _import_preset(args) -> dict:
                                    "downloads; get the files yourself into the models folder")
     else:
         if args.kind == "a1111":
-            try:
-                text = args.source.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise StudioError(f"cannot read {args.source}: {getattr(exc, 'strerror', None) or exc}") from None
+            from studio.untrusted import MAX_INFOTEXT_BYTES, read_text_bounded
+
+            text = read_text_bounded(args.source, MAX_INFOTEXT_BYTES, str(args.source))
             record = None
         else:
             meta = read_metadata(args.source)

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from studio.errors import StudioError
 from studio.fsutil import atomic_write_bytes
 from studio.settings import PRESET_SCHEMA_VERSION, Preset, validation_message
-from studio.untrusted import parse_json
+from studio.untrusted import MAX_PRESET_BYTES, parse_json, read_bounded
 
-MAX_BYTES = 1 << 20
+MAX_BYTES = MAX_PRESET_BYTES
 SHIPPED = Path(__file__).resolve().parents[1] / "presets"
 
 
@@ -27,8 +27,8 @@ def shipped_names() -> list[str]:
 def find(name_or_path: str) -> Path:
     """A preset by name (from presets/) or by path."""
     path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
+    if path.exists():
+        return path  # read_bounded refuses a folder, a FIFO or a device with a clear message
     if "/" not in name_or_path and (SHIPPED / f"{name_or_path}.json").is_file():
         return SHIPPED / f"{name_or_path}.json"
     names = ", ".join(shipped_names()) or "none shipped"
@@ -49,7 +49,7 @@ MIGRATIONS = {0: _migrate_v0}
 def parse(text: str | bytes, origin: str = "preset") -> tuple[Preset, list[str]]:
     """The preset in ``text`` and notes (e.g. a migration); a StudioError names what is wrong."""
     if len(text) > MAX_BYTES:
-        raise StudioError(f"{origin} is larger than 1 MB; a preset is a small JSON file")
+        raise StudioError(f"{origin} is over the 1 MiB limit; a preset is a small JSON file")
     data = parse_json(text, origin)
     if not isinstance(data, dict):
         raise StudioError(f"{origin} must be a JSON object")
@@ -78,14 +78,7 @@ def parse(text: str | bytes, origin: str = "preset") -> tuple[Preset, list[str]]
 
 def load(name_or_path: str) -> tuple[Preset, list[str]]:
     path = find(name_or_path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise StudioError(f"preset {path} is larger than 1 MB; a preset is a small JSON file")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise StudioError(f"cannot read preset {path}: {exc.strerror}") from None
-    return parse(data, f"preset {path.name}")
+    return parse(read_bounded(path, MAX_BYTES, f"preset {path.name}"), f"preset {path.name}")
 
 
 def save(preset: Preset, path: Path) -> Path:

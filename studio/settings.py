@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from studio.engine.samplers import SAMPLERS, split_alias, unknown_sampler_message
 from studio.errors import StudioError
+from studio.prompts.chunking import MAX_PROMPT_CHARS
 
 DType = Literal["fp32", "fp16", "bf16"]
 SeedMode = Literal["fixed", "increment", "random"]
@@ -40,8 +41,8 @@ class BackendSpec(_Strict):
 
 
 class GenerationRequest(_Strict):
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED, description="None, or seed_mode random, draws a new seed")
     seed_mode: SeedMode = "fixed"
     batch: int = Field(default=1, ge=1, le=16)
@@ -93,6 +94,9 @@ class GenerationRequest(_Strict):
     @model_validator(mode="after")
     def _one_text_per_image(self) -> "GenerationRequest":
         texts = self.expanded_prompt
+        for text in [texts] if isinstance(texts, str) else texts or []:
+            if len(text) > MAX_PROMPT_CHARS:
+                raise ValueError(f"expanded_prompt: a text of {len(text)} characters; the most is {MAX_PROMPT_CHARS}")
         if isinstance(texts, list) and len(texts) != self.batch:
             raise ValueError(f"expanded_prompt has {len(texts)} texts for a batch of {self.batch}: give one text "
                              "per image (or one text for all), or drop expanded_prompt to expand anew")

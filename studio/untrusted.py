@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 from studio.errors import StudioError
 
 MAX_JSON_DEPTH = 64
+# Every limit on what studio reads from outside, in one place (the README lists them).
+MAX_PRESET_BYTES = 1 << 20  # a studio or Fooocus preset is a few kB
+MAX_INFOTEXT_BYTES = 1 << 20  # an A1111 parameters text file
+MAX_PROMPT_FILE_BYTES = 1 << 20
+MAX_PROMPT_FILE_LINES = 1000  # prompts in one --prompt-file run
+MAX_AUTH_FILE_BYTES = 64 << 10
 
 
 def json_depth(value) -> int:
@@ -33,3 +41,54 @@ def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH):
     if json_depth(data) > max_depth:
         raise StudioError(f"{what} is JSON nested too deeply (over {max_depth} levels)")
     return data
+
+
+def check_regular_file(path, limit: int, what: str) -> int:
+    """The size of ``path``; a StudioError if it is missing, not a regular file, or over ``limit`` bytes."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise StudioError(f"cannot read {what}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise StudioError(f"cannot read {what}: it is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise StudioError(f"cannot read {what}: not a regular file (a pipe, device or socket is never read)")
+    if st.st_size > limit:
+        raise StudioError(f"cannot read {what}: it is {_size(st.st_size)}, over the {_size(limit)} limit")
+    return st.st_size
+
+
+def read_bounded(path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused (StudioError) when over ``limit`` bytes.
+
+    A FIFO, a device (/dev/zero) or a socket is refused before it is opened: reading one could block
+    forever or never end. The size is checked again while reading, for a file that grows meanwhile.
+    """
+    check_regular_file(path, limit, what)
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it must not hang.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise StudioError(f"cannot read {what}: not a regular file")
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise StudioError(f"cannot read {what}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise StudioError(f"{what} is over the {_size(limit)} limit")
+    return data
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def read_text_bounded(path, limit: int, what: str) -> str:
+    """``read_bounded`` decoded as UTF-8 (a byte-order mark is dropped)."""
+    try:
+        return read_bounded(path, limit, what).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise StudioError(f"cannot read {what}: not UTF-8 text") from None

@@ -333,8 +333,8 @@ def test_hostile_files(tmp_path):
         f.write(good)
         f.truncate(65 * 1024 * 1024)  # sparse: no disk used
     refused(huge, "over the 64 MiB limit")
-    refused(tmp_path / "missing.png", "no such file")
-    refused(tmp_path, "no such file")
+    refused(tmp_path / "missing.png", "No such file")
+    refused(tmp_path, "folder, not a file")
     gif = tmp_path / "x.gif"
     _image().save(gif)
     refused(gif, "not a PNG, JPEG or WebP")

@@ -57,7 +57,7 @@ def test_bad_presets_name_what_is_wrong(tmp_path, obj, needle):
 
 def test_size_limit(tmp_path):
     path = write(tmp_path / "big.json", {**GOOD, "description": "x" * (1 << 20)})
-    with pytest.raises(StudioError, match="larger than 1 MB"):
+    with pytest.raises(StudioError, match="over the 1 MiB limit"):
         presets.load(str(path))
 
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.errors import StudioError
-from studio.untrusted import parse_json
+from studio.untrusted import MAX_PRESET_BYTES, parse_json, read_text_bounded
 from studio.settings import is_valid_request
 
-MAX_PRESET_BYTES = 1024 * 1024
 
 # Fooocus sampler (ComfyUI k-sampler names) → studio sampler, per scheduler.
 _PLAIN = {"euler": "euler", "euler_ancestral": "euler_a", "heun": "heun", "lms": "lms", "ddim": "ddim",
@@ -276,15 +275,5 @@ def _enabled_loras(loras) -> list[str]:
 def load_fooocus_preset(path) -> FooocusImport:
     """Read a preset file (at most 1 MiB of JSON) and import it. Raises StudioError only."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_PRESET_BYTES:
-            raise StudioError(f"cannot import {path.name}: {size} bytes, a Fooocus preset is under 1 MiB")
-        text = path.read_bytes().decode("utf-8-sig")
-    except StudioError:
-        raise
-    except UnicodeDecodeError:
-        raise StudioError(f"cannot import {path.name}: not UTF-8 text") from None
-    except OSError as exc:
-        raise StudioError(f"cannot import {path}: {exc.strerror or exc}") from None
+    text = read_text_bounded(path, MAX_PRESET_BYTES, f"Fooocus preset {path.name}")
     return import_fooocus(parse_json(text, f"cannot import {path.name}: the file"))

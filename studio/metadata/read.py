@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from studio.errors import StudioError
-from studio.untrusted import parse_json
+from studio.untrusted import check_regular_file, parse_json
 from studio.metadata.exif import read_exif_text
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -113,17 +113,7 @@ def read_metadata(path) -> dict:
     except TypeError:
         raise StudioError(f"cannot read metadata from {path!r}: not a file path") from None
     where = f"cannot read metadata from {path}"
-    try:
-        if not path.is_file():
-            raise StudioError(f"{where}: no such file")
-        size = path.stat().st_size
-    except StudioError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise StudioError(f"{where}: {getattr(exc, 'strerror', None) or exc}") from None
-    if size > MAX_FILE_BYTES:
-        raise StudioError(f"{where}: the file is {size / 2**20:.0f} MiB, over the "
-                          f"{MAX_FILE_BYTES // 2**20} MiB limit for images with metadata")
+    check_regular_file(path, MAX_FILE_BYTES, f"metadata from {path}")
     fmt, text, exif = _open(path, where)
     parameters = text.get("parameters")
     if parameters is None:

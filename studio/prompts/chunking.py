@@ -21,6 +21,9 @@ CHUNK = 75
 MAX_CHUNKS = 20
 COMMA_BACKTRACK = 20  # A1111's default
 MAX_WEIGHT = 1000.0  # |weight| above this (or inf/nan) is refused: A1111 would make inf/nan embeddings
+# Characters, checked before tokenizing: MAX_CHUNKS of real words fit well within it, and a
+# megabyte of text would hold the tokenizer (and a server's queue) for minutes before being refused.
+MAX_PROMPT_CHARS = 20_000
 
 
 @dataclass
@@ -96,7 +99,13 @@ def check_weight(segment: str, weight: float) -> None:
                           f"use a weight between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
 
 
+def check_chars(text: str, what: str = "prompt") -> None:
+    if len(text) > MAX_PROMPT_CHARS:
+        raise StudioError(f"the {what} is {len(text)} characters; the most is {MAX_PROMPT_CHARS}: shorten it")
+
+
 def count_tokens(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> TokenCount:
+    check_chars(text)
     chunks, counted = chunk_prompt(text, tokenizer, comma_backtrack)
     capacity = len(chunks) * CHUNK
     return TokenCount(counted, len(chunks), capacity, capacity - counted, [len(c.tokens) for c in chunks])

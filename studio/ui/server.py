@@ -32,10 +32,10 @@ def parse_auth(auth: str | None, auth_file: Path | None) -> list[tuple[str, str]
     if auth:
         lines.append(auth)
     if auth_file:
-        try:
-            lines += [ln.strip() for ln in auth_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise StudioError(f"cannot read auth file {auth_file}: {exc}") from None
+        from studio.untrusted import MAX_AUTH_FILE_BYTES, read_text_bounded
+
+        text = read_text_bounded(auth_file, MAX_AUTH_FILE_BYTES, f"auth file {auth_file}")
+        lines += [ln.strip() for ln in text.splitlines() if ln.strip()]
     pairs = []
     for line in lines:
         user, sep, password = line.partition(":")
