@@ -41,7 +41,8 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--expansion", choices=["on", "off"])
     p.add_argument("--expander", choices=["wordbank", "causal-lm"])
-    p.add_argument("--expansion-model", help="a local causal-LM folder (GPT-2 style) for --expander causal-lm")
+    p.add_argument("--expansion-model", help="a causal-LM folder (GPT-2 style) for --expander causal-lm: a name in "
+                                             "the models folder's prompt_expansion/, or a path")
     p.add_argument("--expansion-new-chunk", action="store_true", default=None,
                    help="let expansion fill the next 75-token chunk too")
     p.add_argument("--expanded-prompt", help="replay this expanded text verbatim (expansion is not run again)")
@@ -138,10 +139,20 @@ def _preset_base(args, registry) -> dict:
     return values
 
 
+def _name_operator_paths(args, registry) -> None:
+    """--model and --expansion-model may be paths (the operator's own flags); requests hold only names."""
+    if args.model:
+        args.model = registry.name_from_flag(args.model)
+    if args.expansion_model:
+        args.expansion_model = registry.name_from_flag(args.expansion_model, "expansion")
+
+
 def requests_from_args(args, registry=None):
     from studio.settings import build_request
 
     base = _preset_base(args, registry) if registry is not None else {}
+    if registry is not None:
+        _name_operator_paths(args, registry)
     values: dict = {}
     simple = {"negative": "negative_prompt", "seed": "seed", "seed_mode": "seed_mode", "batch": "batch",
               "steps": "steps", "cfg": "cfg", "sampler": "sampler", "width": "width", "height": "height",

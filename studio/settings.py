@@ -15,11 +15,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from studio.engine.samplers import SAMPLERS, split_alias, unknown_sampler_message
 from studio.errors import StudioError
 from studio.prompts.chunking import MAX_PROMPT_CHARS
+from studio.untrusted import check_name
 
 DType = Literal["fp32", "fp16", "bf16"]
 SeedMode = Literal["fixed", "increment", "random"]
 NoiseSource = Literal["cpu", "device"]
 MAX_SEED = 2**32 - 1
+
+
+def _as_name(value: str, what: str) -> str:
+    try:
+        return check_name(value, what)
+    except StudioError as exc:  # pydantic reports a ValueError as this field's error
+        raise ValueError(str(exc)) from None
 
 
 class _Strict(BaseModel):
@@ -57,7 +65,7 @@ class GenerationRequest(_Strict):
     deterministic: bool = False
     expansion: bool = False
     expander: Literal["wordbank", "causal-lm"] = "wordbank"
-    expansion_model: Optional[str] = Field(default=None, description="a local causal-LM folder, for causal-lm")
+    expansion_model: Optional[str] = Field(default=None, description="a causal-LM folder's name in models/prompt_expansion/, for causal-lm")
     expansion_new_chunk: bool = Field(default=False, description="let expansion start a new 75-token chunk")
     expanded_prompt: Optional[str | list[str]] = Field(
         default=None, description="expanded text to replay verbatim (set when restoring; never regenerated): "
@@ -76,6 +84,12 @@ class GenerationRequest(_Strict):
         if split_alias(v)[0] not in SAMPLERS:
             raise ValueError(unknown_sampler_message(v))
         return v
+
+    @field_validator("model", "expansion_model")
+    @classmethod
+    def _plain_name(cls, v: Optional[str], info) -> Optional[str]:
+        # A request may come from a preset, an image or a remote client: it names, it never points.
+        return None if v is None else _as_name(v, "model" if info.field_name == "model" else "expansion model")
 
     @field_validator("width", "height")
     @classmethod
@@ -125,13 +139,15 @@ class AppConfig(_Strict):
 
 def validation_message(exc: ValidationError) -> str:
     """One line naming the field and what is wrong with it."""
-    parts = []
+    parts, said = [], set()
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "request"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{loc}: {msg}")
+        if msg not in said:  # a preset's model name is checked in `model` and again in its request
+            said.add(msg)
+            parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 
@@ -162,9 +178,7 @@ class PresetModel(_Strict):
     @classmethod
     def _plain_name(cls, v: str) -> str:
         # A preset comes from elsewhere: it may name a model, never point into this machine's disk.
-        if not v or v.startswith(("/", "\\", "~")) or "/" in v or "\\" in v or v in (".", "..") or ":" in v:
-            raise ValueError(f"{v!r} must be a model name in the models folder, not a path")
-        return v
+        return _as_name(v, "model")
 
 
 class MadeOn(_Strict):

@@ -17,6 +17,26 @@ MAX_PROMPT_FILE_LINES = 1000  # prompts in one --prompt-file run
 MAX_AUTH_FILE_BYTES = 64 << 10
 
 
+def is_plain_name(name) -> bool:
+    try:
+        check_name(name)
+    except StudioError:
+        return False
+    return True
+
+
+def check_name(name: str, what: str = "model") -> str:
+    """``name`` if it is a plain file or folder name; a StudioError if it could point anywhere else.
+
+    Requests, presets and image records come from elsewhere: they name things, and each name is
+    looked up in its own folder, so they can neither reach nor probe the rest of the disk.
+    """
+    if (not isinstance(name, str) or not name or name.startswith(("~", ".")) or "/" in name or "\\" in name
+            or ":" in name or "\0" in name or len(name) > 255):
+        raise StudioError(f"{what} {str(name)[:80]!r} must be a name in the {what}s folder, not a path")
+    return name
+
+
 def json_depth(value) -> int:
     """Nesting depth of parsed JSON, without recursion."""
     deepest, stack = 0, [(value, 1)]

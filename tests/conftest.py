@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 import socket
 
 import pytest
@@ -64,3 +65,35 @@ def server(config):
     app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
+
+
+def build_tiny_lm(folder, safe: bool = True):
+    """A folder with a random 2-layer GPT-2 and its byte-level BPE tokenizer (weights as safetensors,
+    or with ``safe=False`` as a pytorch_model.bin pickle)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    from studio.prompts.wordbank import WORDS
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # A small vocabulary: many words take several tokens, which the prefix tree must handle.
+    bpe.train_from_iterator([", ".join(WORDS[i:i + 20]) for i in range(0, len(WORDS), 20)], trainer)
+    lm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
+                                     eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    lm_tok.save_pretrained(folder)
+    eot = lm_tok.convert_tokens_to_ids("<|endoftext|>")
+    config = GPT2Config(vocab_size=len(lm_tok), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
+                        bos_token_id=eot, eos_token_id=eot)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(folder)
+    if not safe:  # transformers 5 writes only safetensors: make the old pickle form by hand
+        torch.save(model.state_dict(), str(Path(folder) / "pytorch_model.bin"))
+        (Path(folder) / "model.safetensors").unlink()
+    return folder

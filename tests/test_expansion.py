@@ -6,6 +6,8 @@ nothing is downloaded.
 
 import pytest
 
+from conftest import build_tiny_lm
+
 from studio.errors import StudioError
 from studio.models.tokenizer import clip_tokenizer
 from studio.prompts.chunking import CHUNK, count_tokens
@@ -40,30 +42,7 @@ def full_prompt(tok):
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    """A folder with a random 2-layer GPT-2 and its byte-level BPE tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    # A small vocabulary: many words take several tokens, which the prefix tree must handle.
-    bpe.train_from_iterator([", ".join(WORDS[i:i + 20]) for i in range(0, len(WORDS), 20)], trainer)
-    lm_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>",
-                                     eos_token="<|endoftext|>", unk_token="<|endoftext|>")
-    lm_tok.save_pretrained(folder)
-    eot = lm_tok.convert_tokens_to_ids("<|endoftext|>")
-    config = GPT2Config(vocab_size=len(lm_tok), n_embd=32, n_layer=2, n_head=2, n_positions=1024,
-                        bos_token_id=eot, eos_token_id=eot)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel(config)
-    model.save_pretrained(folder)
-    return folder
+    return build_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
 
 
 @pytest.fixture(scope="module")

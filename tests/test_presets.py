@@ -42,7 +42,7 @@ def test_shipped_presets_load_and_say_what_they_promise():
     ({**GOOD, "request": {"model": "x"}}, "model.file"),
     ({**GOOD, "schema_version": 7}, "schema_version 7; this studio reads up to 1: update studio"),
     ({"model": {"file": "tiny"}}, "no schema_version"),
-    ({**GOOD, "model": {"file": "/etc/passwd"}}, "must be a model name in the models folder, not a path"),
+    ({**GOOD, "model": {"file": "/etc/passwd"}}, "must be a name in the models folder, not a path"),
     ({**GOOD, "model": {"file": "../models/x.safetensors"}}, "not a path"),
     ({**GOOD, "model": {"file": "tiny", "sha256": "abc"}}, "model.sha256"),
     ([1, 2], "must be a JSON object"),

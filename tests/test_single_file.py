@@ -29,7 +29,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture
 def registry(tmp_path, cache_dir):
-    return ModelRegistry(tmp_path / "models", cache_dir)
+    return ModelRegistry(tmp_path, cache_dir)  # the test's files are its models folder
 
 
 def _builtin(cache_dir, tmp_path_factory, name):
@@ -69,7 +69,7 @@ def _generate(pipe):
 
 def _round_trip(registry, pipe, path, family):
     write_checkpoint(pipe, path)
-    source = registry.resolve(str(path))
+    source = registry.resolve(path.name)
     assert source.kind == "single_file"
     assert source.family == family
     assert source.path == path
@@ -117,14 +117,14 @@ def test_corrupt_safetensors(registry, tiny, tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(StudioError, match="safetensors"):
-        registry.resolve(str(junk))
+        registry.resolve(junk.name)
 
     good = write_checkpoint(tiny, tmp_path / "good.safetensors")
     truncated = tmp_path / "truncated.safetensors"
     data = good.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(StudioError, match="safetensors"):
-        registry.resolve(str(truncated))
+        registry.resolve(truncated.name)
 
 
 def test_missing_vae(registry, tiny, tmp_path):
@@ -134,7 +134,7 @@ def test_missing_vae(registry, tiny, tmp_path):
     path = tmp_path / "novae.safetensors"
     save_file(state, str(path))
     with pytest.raises(StudioError, match=r"first_stage_model\."):
-        registry.resolve(str(path))
+        registry.resolve(path.name)
 
 
 def test_pickle_checkpoint(tiny, tmp_path, cache_dir):
@@ -143,16 +143,26 @@ def test_pickle_checkpoint(tiny, tmp_path, cache_dir):
     torch.save({"state_dict": pipeline_to_ldm_state_dict(tiny)}, str(ckpt))
     st.unlink()
 
-    safe = ModelRegistry(tmp_path / "models", cache_dir)
+    safe = ModelRegistry(tmp_path, cache_dir)
     with pytest.raises(StudioError, match="--allow-unsafe-pickle"):
-        safe.resolve(str(ckpt))
+        safe.resolve(ckpt.name)
 
-    unsafe = ModelRegistry(tmp_path / "models", cache_dir, allow_unsafe_pickle=True)
-    source = unsafe.resolve(str(ckpt))
+    unsafe = ModelRegistry(tmp_path, cache_dir, allow_unsafe_pickle=True)
+    source = unsafe.resolve(ckpt.name)
     assert (source.kind, source.family) == ("single_file", "sd1")
     assert source.config == tmp_path / "model.config"
     loaded = unsafe.load(source)
     assert_same_weights(tiny, loaded)
+
+    # A .ckpt from before torch 1.6 (not a zip) loads with the switch too, and is refused without it.
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": pipeline_to_ldm_state_dict(tiny)}, str(old), _use_new_zipfile_serialization=False)
+    (tmp_path / "model.config").rename(tmp_path / "old.config")
+    with pytest.raises(StudioError, match="--allow-unsafe-pickle"):
+        safe.resolve("old.ckpt")
+    source = unsafe.resolve("old.ckpt")
+    assert (source.kind, source.family) == ("single_file", "sd1")
+    assert_same_weights(tiny, unsafe.load(source))
 
 
 def test_sidecar_has_no_weights(tiny, tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -129,10 +128,11 @@ class Engine:
                 return expansion.wordbank_expand(request.prompt, seed, self.tokenizer(), request.expansion_new_chunk)
         else:
             if not request.expansion_model:
-                raise StudioError("the causal-lm expander needs a model folder (--expansion-model DIR)")
-            folder = str(Path(request.expansion_model).resolve())
+                raise StudioError("the causal-lm expander needs a model folder (--expansion-model NAME or DIR)")
+            folder = str(self.registry.resolve_expansion(request.expansion_model).resolve())
             if folder not in self._expanders:
-                self._expanders[folder] = expansion.CausalLMExpander(folder)
+                self._expanders[folder] = expansion.CausalLMExpander(
+                    folder, allow_unsafe_pickle=self.config.allow_unsafe_pickle)
 
             def expand(seed):
                 return self._expanders[folder].expand(request.prompt, seed, self.tokenizer(),

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from studio.errors import StudioError
 from studio.fsutil import atomic_write_bytes
+from studio.untrusted import check_name, is_plain_name
 from studio.models import demo, families
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+EXPANSION_FOLDER = "prompt_expansion"  # causal-LM expanders live in models/prompt_expansion/<name>/ (as Fooocus's)
+PICKLE_FIX = "convert it to .safetensors, or pass --allow-unsafe-pickle to load it with torch.load(weights_only=True)"
+
+
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,49 @@ class ModelRegistry:
         self.models_dir = Path(models_dir)
         self.cache_dir = Path(cache_dir)
         self.allow_unsafe_pickle = allow_unsafe_pickle
+        # Files the local operator named by path on the command line, by the name they are known by.
+        self._local: dict[tuple[str, str], Path] = {}
+
+    def add_local(self, path: Path | str, kind: Literal["model", "expansion"] = "model") -> str:
+        """Make a file or folder the operator gave by path (a CLI or launch flag) pickable by its name.
+
+        Only the process's own flags come here; anything from a request, preset or image is a name.
+        """
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise StudioError(f"{path} does not exist")
+        name = path.resolve().name
+        self._local[(kind, name)] = path
+        return name
+
+    def name_from_flag(self, spec: str, kind: Literal["model", "expansion"] = "model") -> str:
+        """The name for ``spec`` from the operator's own flag: a name in its folder, or a path made pickable.
+
+        A plain name is looked up in its folder first; anything else that exists here is added by path.
+        """
+        if spec in demo.BUILTINS:
+            return spec
+        if not Path(spec).expanduser().exists():
+            if is_plain_name(spec):
+                return spec  # resolve() says it is not in the folder, and what is
+            raise StudioError(f"{'model' if kind == 'model' else 'expansion model'} {spec} not found: no such file or folder")
+        if is_plain_name(spec) and self._named(spec, kind).exists():
+            return spec
+        return self.add_local(spec, kind)
+
+    def _named(self, name: str, kind: Literal["model", "expansion"]) -> Path:
+        if (kind, name) in self._local:
+            return self._local[(kind, name)]
+        check_name(name, "model" if kind == "model" else "expansion model")
+        return self.models_dir / name if kind == "model" else self.models_dir / EXPANSION_FOLDER / name
+
+    def resolve_expansion(self, name: str) -> Path:
+        """The causal-LM folder named ``name`` (in models/prompt_expansion/)."""
+        folder = self._named(name, "expansion")
+        if not folder.is_dir():
+            raise StudioError(f"expansion model {name!r} is not in the models folder's {EXPANSION_FOLDER}/: put the "
+                              "causal LM folder there, or use the wordbank expander")
+        return folder
 
     # -- finding ---------------------------------------------------------------------------
     def available(self) -> list[str]:
@@ -56,23 +105,19 @@ class ModelRegistry:
         if spec in demo.BUILTINS:
             return ModelSource(spec, "builtin", self.cache_dir / "builtin" / demo.folder_name(spec),
                                demo.BUILTINS[spec].family)
-        path = Path(spec).expanduser()
-        if not path.exists() and not path.is_absolute() and (self.models_dir / spec).exists():
-            path = self.models_dir / spec
+        path = self._named(spec, "model")
         if not path.exists():
             choices = ", ".join(self.available())
-            raise StudioError(f"model {spec!r} not found (looked in . and {self.models_dir}); pick one of: {choices}")
+            raise StudioError(f"model {spec!r} is not in the models folder; pick one of: {choices}")
+        name = spec
         if path.is_dir():
             if not (path / "model_index.json").is_file():
-                raise StudioError(f"{path} is a folder without model_index.json; give a diffusers folder or a .safetensors file")
-            return ModelSource(path.name, "diffusers", path, _folder_family(path))
+                raise StudioError(f"{name} is a folder without model_index.json; give a diffusers folder or a .safetensors file")
+            return ModelSource(name, "diffusers", path, _folder_family(path))
         suffix = path.suffix.lower()
         if suffix in PICKLE_SUFFIXES:
             if not self.allow_unsafe_pickle:
-                raise StudioError(
-                    f"{path.name} is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, "
-                    "or pass --allow-unsafe-pickle to load it with torch.load(weights_only=True)"
-                )
+                raise StudioError(f"{name} is a pickle checkpoint, which can run code when loaded; {PICKLE_FIX}")
             keys = _pickle_keys(path)
         elif suffix in SAFE_SUFFIXES:
             keys = _safetensors_keys(path)
@@ -132,12 +177,18 @@ class ModelRegistry:
         if source.kind in ("builtin", "diffusers"):
             index = json.loads((source.path / "model_index.json").read_text())
             cls = getattr(diffusers, index["_class_name"])
+            extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+            # Without the switch only safetensors weights load: a folder's .bin files are pickles too.
+            safe_only = {} if self.allow_unsafe_pickle else {"use_safetensors": True}
             try:
-                return cls.from_pretrained(str(source.path), local_files_only=True, safety_checker=None,
-                                           requires_safety_checker=False) if "safety_checker" in index else \
-                    cls.from_pretrained(str(source.path), local_files_only=True)
-            except (OSError, ValueError, RuntimeError) as exc:
-                raise StudioError(f"cannot load diffusers folder {source.path}: {_first_line(exc)}") from None
+                return cls.from_pretrained(str(source.path), local_files_only=True, **safe_only, **extra)
+            except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
+                pickles = sorted(p.relative_to(source.path).as_posix() for p in source.path.rglob("*")
+                                 if p.suffix.lower() in PICKLE_SUFFIXES)
+                if pickles and not self.allow_unsafe_pickle:
+                    raise StudioError(f"model {source.name} has pickle weights ({pickles[0]}), which can run code "
+                                      f"when loaded; {PICKLE_FIX}") from None
+                raise StudioError(f"cannot load diffusers folder {source.name}: {_first_line(exc)}") from None
         config = source.config or families.config_dir(source.family, self.cache_dir)
         cls = diffusers.StableDiffusionXLPipeline if source.family == "sdxl" else diffusers.StableDiffusionPipeline
         try:
@@ -204,7 +255,9 @@ def _pickle_keys(path: Path) -> list[str]:
     import torch
 
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        # mmap reads only the zip format (torch >= 1.6); an older .ckpt is read whole.
+        mmap = zipfile.is_zipfile(path)
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise StudioError(f"{path.name} could not be read as a weights-only checkpoint ({_first_line(exc)})") from None
     while isinstance(state, dict) and "state_dict" in state:

@@ -170,23 +170,30 @@ class CausalLMExpander:
     Keep one per folder (e.g. on the engine) to avoid reloading; ``expand`` is the expansion.
     """
 
-    def __init__(self, model_dir: Path | str, words: tuple[str, ...] = WORDS):
+    def __init__(self, model_dir: Path | str, words: tuple[str, ...] = WORDS, allow_unsafe_pickle: bool = False):
         folder = Path(model_dir)
         if not (folder / "config.json").is_file():
             raise StudioError(
-                f"no prompt expansion model in {folder} (config.json missing): put a transformers causal LM "
+                f"no prompt expansion model in {folder.name} (config.json missing): put a transformers causal LM "
                 "folder there (config.json, weights, tokenizer files) or use the wordbank expander")
+        from studio.models.registry import PICKLE_SUFFIXES
+
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+        if pickles and not allow_unsafe_pickle and not any(folder.glob("*.safetensors")):
+            raise StudioError(f"expansion model {folder.name} has pickle weights ({pickles[0]}), which can run code "
+                              "when loaded; convert them to .safetensors, or pass --allow-unsafe-pickle")
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             self.lm_tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(
-                str(folder), local_files_only=True, dtype=torch.float32).eval()
+                str(folder), local_files_only=True, dtype=torch.float32,
+                use_safetensors=None if allow_unsafe_pickle else True).eval()
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StudioError(
-                f"cannot load the prompt expansion model in {folder} ({reason[:200]}): it must be a local "
+                f"cannot load the prompt expansion model {folder.name} ({reason[:200]}): it must be a local "
                 "transformers causal LM folder with its tokenizer; replace it or use the wordbank expander"
             ) from exc
         self.folder = folder

@@ -139,6 +139,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     from studio.settings import build_request
 
     engine = Engine(config)
+    model = model and engine.registry.name_from_flag(model)  # the operator's --model may be a path
     start = {}
     if preset:
         loaded, _ = presets.load(preset)
