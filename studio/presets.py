@@ -85,7 +85,10 @@ def save(preset: Preset, path: Path) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".json":
         raise StudioError(f"{path}: a preset file ends in .json")
-    atomic_write_bytes(path, (json.dumps(preset.to_json_dict(), indent=2, ensure_ascii=False) + "\n").encode())
+    try:
+        atomic_write_bytes(path, (json.dumps(preset.to_json_dict(), indent=2, ensure_ascii=False) + "\n").encode())
+    except OSError as exc:  # a full disk, a read-only folder, a name too long: nothing was written
+        raise StudioError(f"cannot write preset {path.name}: {exc.strerror or exc}") from None
     return path
 
 

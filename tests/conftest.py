@@ -60,9 +60,11 @@ def server(config):
 
     prepare_process()
     quiet_libraries()
+    from studio.ui.server import launch
+
     app = build_app(config, model="tiny")
     port = free_port()
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(app, "127.0.0.1", port, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     app.close()
 

@@ -192,7 +192,7 @@ def test_direct_api_posts_are_refused_only_the_queue_runs(server):
             assert exc.code == 404 and b"join the queue" in exc.read(), route
 
 
-def test_queued_jobs_at_once_each_equal_their_seed_run_alone(server, engine):
+def test_queued_jobs_at_once_each_equal_their_seed_run_alone(server, engine, config):
     import json
     import re
 
@@ -210,8 +210,9 @@ def test_queued_jobs_at_once_each_equal_their_seed_run_alone(server, engine):
     for i, (job, sampler) in enumerate(zip(jobs, samplers)):
         _, error, info, _ = job.result(timeout=300)
         assert error == "", error
-        seed, path = re.search(r"`(\d+)` · noise `\w+` · (\S+\.png)", info).groups()
-        assert int(seed) == 900 + i
+        seed, shown = re.search(r"`(\d+)` · noise `\w+` · (\S+\.png)", info).groups()
+        assert int(seed) == 900 + i and not shown.startswith("/")  # relative to the output folder
+        path = config.output_dir / shown
         alone = engine.run(engine.plan(build_request(
             prompt="a lighthouse at dusk", seed=900 + i, steps=3, cfg=7.0, sampler=sampler, width=64, height=64,
             model="tiny")))

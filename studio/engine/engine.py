@@ -37,6 +37,20 @@ class Result:
         return [Image.fromarray((img * 255).round().clip(0, 255).astype(np.uint8)) for img in self.images]
 
 
+class Stopped(StudioError):
+    """The user pressed Stop."""
+
+
+def _stoppable(on_step: Optional[StepCallback], stop: threading.Event) -> StepCallback:
+    def callback(done: int, total: int) -> None:
+        if on_step is not None:
+            on_step(done, total)
+        if stop.is_set() and done < total:
+            raise Stopped(f"stopped after step {done} of {total}; nothing was saved")
+
+    return callback
+
+
 class Engine:
     def __init__(self, config: AppConfig):
         self.config = config
@@ -179,9 +193,19 @@ class Engine:
         return request.model_copy(update={"seed": None})  # random: drawn anew by the next plan
 
     # -- plan → images ---------------------------------------------------------------------------
-    def run(self, plan: Plan, on_step: Optional[StepCallback] = None) -> Result:
-        """The images of ``plan``; a run waits for the one before it, so no two share a pipeline."""
+    def run(self, plan: Plan, on_step: Optional[StepCallback] = None,
+            stop: Optional[threading.Event] = None) -> Result:
+        """The images of ``plan``; a run waits for the one before it, so no two share a pipeline.
+
+        Setting ``stop`` ends the run after the step in progress with ``Stopped``; nothing is returned
+        to save, and the next run starts from nothing the stopped one left (each run sets up its scheduler
+        and draws its noise afresh).
+        """
+        if stop is not None:
+            on_step = _stoppable(on_step, stop)
         with self._run_lock:
+            if stop is not None and stop.is_set():
+                raise Stopped("stopped before the run began; nothing was saved")
             return self._run(plan, on_step)
 
     def _run(self, plan: Plan, on_step: Optional[StepCallback]) -> Result:

@@ -6,11 +6,19 @@ never as a long positional list.
 
 from __future__ import annotations
 
+import functools
 import html
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from studio.engine.samplers import DEFAULT_SAMPLER, GPU_SUFFIX, SAMPLERS
 from studio.errors import StudioError
 from studio.settings import AppConfig
+
+MAX_PRESET_NAME = 100
 
 # The order the controls reach handlers (and the HTTP API) in.
 CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
@@ -83,8 +91,62 @@ def report_markdown(report: dict, notes: list[str]) -> str:
     return "\n".join(lines)
 
 
+log = logging.getLogger("studio.app")
+
+# An absolute path (POSIX or Windows) in a message: a remote user sees only its last part.
+_ABS_PATH = re.compile(r"(?<![\w.~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\:'\"()`]+[/\\])+([^\s/\\:'\"()`]*)")
+
+
+def public(message: str) -> str:
+    """``message`` without the server's absolute paths (each becomes its file or folder name)."""
+    return _ABS_PATH.sub(lambda m: m.group(1) or "…", message)
+
+
 def error_html(message: str) -> str:
-    return f'<div class="studio-error">error: {html.escape(message)}</div>'
+    return f'<div class="studio-error">error: {html.escape(public(message))}</div>'
+
+
+def handler(on_error):
+    """A Gradio handler whose failures are shown as ``on_error(error_html)``: a StudioError as its line,
+    anything else as one line saying the details are in the server's log (never a traceback or a path)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except StudioError as exc:
+                return on_error(error_html(exc.message))
+            except Exception as exc:  # a bug: logged whole on the server, one line to the user
+                log.exception("handler %s failed", fn.__name__)
+                return on_error(error_html(f"internal error ({type(exc).__name__}); the details are in the "
+                                           "server's log"))
+
+        return inner
+
+    return wrap
+
+
+@dataclass
+class ServingParts:
+    """What the server adds around the page: the job journal and the gallery's cached copies."""
+
+    journal: "JobJournal"
+    copies: "GalleryCopies"
+    lost: list = field(default_factory=list)
+
+    def attach(self, blocks) -> None:
+        self.journal.attach(blocks, ("generate",), CONTROL_ORDER)
+
+
+def lost_jobs_markdown(lost: list[dict]) -> str:
+    if not lost:
+        return ""
+    lines = [f"⚠️ **{len(lost)} queued job(s) were lost** when the server last stopped before running them "
+             "(listed in the output folder's `.studio/lost-jobs.json`):"]
+    lines += [f"- {j.get('time', '?')} · seed `{j.get('seed')}` · {html.escape(str(j.get('prompt') or ''))}"
+              for j in lost[:20]]
+    return "\n".join(lines)
 
 
 def plan_markdown(plan, fingerprints: list[str] | None) -> str:
@@ -138,8 +200,14 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     from studio.prompts.chunking import count_tokens
     from studio.settings import build_request
 
+    from studio.ui.gallery_copies import GalleryCopies
+    from studio.ui.job_journal import JobJournal
+
     engine = Engine(config)
     model = model and engine.registry.name_from_flag(model)  # the operator's --model may be a path
+    journal = JobJournal(config.output_dir / ".studio")
+    lost = journal.take_lost()
+    stops: dict[str, threading.Event] = {}  # the Stop switch of each browser session's running job
     start = {}
     if preset:
         loaded, _ = presets.load(preset)
@@ -158,7 +226,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         try:
             return count_tokens(text or "", engine.tokenizer()).label()
         except StudioError as exc:  # e.g. a weight out of range: say so where the count would be
-            return f"⚠️ {exc.message}"
+            return f"⚠️ {public(exc.message)}"
 
     def model_note(name: str) -> str:
         return f"⚠️ **{name}** is a {UNTRAINED_NOTE}." if name in BUILTINS else ""
@@ -166,76 +234,96 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     def named(values) -> dict:
         return dict(zip(INPUT_ORDER, values))
 
+    @handler(lambda error: (error, ""))
     def preview(*values):
-        try:
-            request = build_request(**request_values(named(values)))
-            plan = engine.plan(request)
-        except StudioError as exc:
-            return error_html(exc.message), ""
+        request = build_request(**request_values(named(values)))
+        plan = engine.plan(request)
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None
         return "", plan_markdown(plan, None if drawn_later else engine.preview_fingerprints(plan))
 
+    @handler(lambda error: [*[gr.update() for _ in INPUT_ORDER], error, ""])
     def open_preset(name, upload):
         """Load a shipped preset (by name) or an uploaded file, fill the controls, and report differences."""
-        keep = [gr.update() for _ in INPUT_ORDER]
-        try:
-            if upload:
-                with open(upload, "rb") as f:
-                    preset, notes = presets.parse(f.read(), "uploaded preset")
-            elif name:
-                preset, notes = presets.load(name)
-            else:
-                raise StudioError("pick a preset or upload a preset file")
-            model, found = presets.locate_model(preset, engine.registry)
-            request = preset.request.model_copy(update={"model": model})
-            plan = engine.plan(request)
-            here_env = environment.made_on(plan.backend.device, plan.backend.precision)
-            report = diff.compare(preset, plan, here_env)
-        except StudioError as exc:
-            return [*keep, error_html(exc.message), ""]
+        from studio.untrusted import MAX_PRESET_BYTES, read_bounded
+
+        if upload:
+            preset, notes = presets.parse(read_bounded(upload, MAX_PRESET_BYTES, "the uploaded preset"),
+                                          "uploaded preset")
+        elif name in presets.shipped_names():
+            preset, notes = presets.load(name)
+        else:
+            raise StudioError("pick a preset or upload a preset file")
+        model, found = presets.locate_model(preset, engine.registry)
+        request = preset.request.model_copy(update={"model": model})
+        plan = engine.plan(request)
+        here_env = environment.made_on(plan.backend.device, plan.backend.precision)
+        report = diff.compare(preset, plan, here_env)
         values = control_values(request)
         if request.expansion and isinstance(request.expanded_prompt, str):
             # Replayed verbatim: the stored expanded text goes into the prompt and expansion is not run again.
             # (A batch's list of texts stays in the hidden replay state: see _replay_texts.)
             values.update(prompt=request.expanded_prompt, expansion=False)
-        return [*[values[n] for n in INPUT_ORDER], "", report_markdown(report, notes + found)]
+        return [*[values[n] for n in INPUT_ORDER], "", public(report_markdown(report, notes + found))]
 
+    @handler(lambda error: (error, None))
     def save_preset(name, *values):
         """The current settings, planned here, as a preset file (with made_on) to download and share."""
         from studio.settings import Preset
 
-        try:
-            stem = (name or "").strip()
-            if not stem or not all(ch.isalnum() or ch in "-_ ." for ch in stem) or stem.startswith("."):
-                raise StudioError("name the preset with letters, digits, spaces, '-', '_' or '.'")
-            plan = engine.plan(build_request(**request_values(named(values))))
-            preset = Preset(name=stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
-                            request=plan.request, plan=plan.to_json_dict(),
-                            made_on=environment.made_on(plan.backend.device, plan.backend.precision))
-            path = presets.save(preset, engine.config.output_dir / "presets" / f"{stem}.json")
-        except StudioError as exc:
-            return error_html(exc.message), None
+        stem = (name or "").strip()
+        if not stem or not all(ch.isalnum() or ch in "-_ ." for ch in stem) or stem.startswith(".") \
+                or len(stem) > MAX_PRESET_NAME:
+            raise StudioError(f"name the preset with up to {MAX_PRESET_NAME} letters, digits, spaces, '-', '_' "
+                              "or '.'")
+        plan = engine.plan(build_request(**request_values(named(values))))
+        preset = Preset(name=stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
+                        request=plan.request, plan=plan.to_json_dict(),
+                        made_on=environment.made_on(plan.backend.device, plan.backend.precision))
+        path = presets.save(preset, engine.config.output_dir / "presets" / f"{stem}.json")
         return "", str(path)
 
-    def generate(*values, progress=gr.Progress()):
+    @handler(lambda error: (gr.update(), error, gr.update(), gr.update()))
+    def generate(*values, request: gr.Request = None, progress=gr.Progress()):
+        session = getattr(request, "session_hash", None) or ""
+        stop = stops[session] = threading.Event()
         try:
-            request = build_request(**request_values(named(values)))
-            plan = engine.plan(request)
-            result = engine.run(plan, on_step=lambda i, n: progress(i / n, desc=f"step {i}/{n}"))
+            settings = build_request(**request_values(named(values)))
+            plan = engine.plan(settings)
+            result = engine.run(plan, on_step=lambda i, n: progress(i / n, desc=f"step {i}/{n}"), stop=stop)
             saved = save_result(result, engine.config.output_dir)
-        except StudioError as exc:
-            return gr.update(), error_html(exc.message), gr.update(), gr.update()
-        lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {s['path']}" for s in saved]
+        finally:
+            if stops.get(session) is stop:
+                del stops[session]
+        copies.shown(session, [s["path"] for s in saved])
+        lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {shown_path(s['path'])}" for s in saved]
         if plan.prompt.expansion is not None:
             lines += [f"- `{s['seed']}` expanded prompt: {s['prompt_final']}" for s in saved]
         info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
                          + [f"- ⚠️ {n}" for n in result.notes])
-        next_seed = engine.next_request(request, plan).seed
-        return [s["path"] for s in saved], "", info, (-1 if next_seed is None else next_seed)
+        next_seed = engine.next_request(settings, plan).seed
+        return [s["path"] for s in saved], "", public(info), (-1 if next_seed is None else next_seed)
 
-    with gr.Blocks(title="studio") as app:
+    def stop_run(request: gr.Request = None):
+        """Stop this browser session's running job after its current step (other sessions' jobs go on)."""
+        stop = stops.get(getattr(request, "session_hash", None) or "")
+        if stop is not None:
+            stop.set()
+
+    def shown_path(path: str) -> str:
+        """A saved file as the user may see it: relative to the output folder, never the server's path."""
+        try:
+            return Path(path).resolve().relative_to(engine.config.output_dir.resolve()).as_posix()
+        except ValueError:
+            return Path(path).name
+
+    def end_session(request: gr.Request = None):
+        copies.end_session(getattr(request, "session_hash", None))
+
+    # Gradio's own cache sweep: gallery copies older than a day go, and all of them at a restart.
+    with gr.Blocks(title="studio", delete_cache=(3600, 86400)) as app:
         gr.Markdown("# studio\nReproducible Stable Diffusion: same settings, same image.")
+        gr.Markdown(lost_jobs_markdown(lost), elem_id="lost-jobs")
         note = gr.Markdown(model_note(init["model"]), elem_id="model-note")
         c = {}
         with gr.Row():
@@ -247,7 +335,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                                                   elem_id="negative")
                 c["expansion"] = gr.Checkbox(init["expansion"], label="Prompt expansion (seeded style words)",
                                              elem_id="expansion")
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
                 error = gr.HTML("", elem_id="error")
                 report_box = gr.Markdown("", elem_id="preset-report")
                 plan_box = gr.Markdown("", elem_id="plan")
@@ -305,9 +395,13 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             control.change(preview, controls, [error, plan_box], show_progress="hidden")
         app.load(preview, controls, [error, plan_box], api_name="plan_preview")
         run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate")
+        stop_button.click(stop_run, None, None, api_name="stop")
+        app.unload(end_session)
         save_button.click(save_preset, [save_name, *controls], [error, saved_file], api_name="save_preset")
         open_button.click(open_preset, [preset_name, preset_upload], [*controls, error, report_box],
                           api_name="open_preset")
+    copies = GalleryCopies(config.output_dir, Path(app.GRADIO_CACHE))
+    app.studio_parts = ServingParts(journal=journal, copies=copies, lost=lost)
     # Every call goes through the queue: the direct REST routes (which skipped it) are closed.
     app.queue(api_open=False)
     return app

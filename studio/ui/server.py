@@ -81,6 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     warning = listen_warning(args.listen, args.port, auth)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    app.queue().launch(server_name=args.listen, server_port=args.port, share=args.share,
-                       auth=auth or None, inbrowser=False, show_error=True)
+    launch(app, args.listen, args.port, auth=auth, share=args.share)
     return 0
+
+
+def launch(app, host: str, port: int, auth: list | None = None, share: bool = False, block: bool = True,
+           quiet: bool = False) -> None:
+    """Serve ``app`` (from build_app) behind the guard: the one way studio starts a server, tests included."""
+    from starlette.middleware import Middleware
+
+    from studio.ui.guard import MAX_UPLOAD_BYTES, Guard
+
+    parts = app.studio_parts
+    parts.attach(app)
+    app.launch(server_name=host, server_port=port, share=share, auth=auth or None, inbrowser=False,
+               # Exceptions' own texts can hold server paths: the app says what went wrong itself.
+               show_error=False, max_file_size=MAX_UPLOAD_BYTES, prevent_thread_lock=not block, quiet=quiet,
+               app_kwargs={"middleware": [Middleware(Guard, blocks=app, gone=parts.copies.gone)]})
