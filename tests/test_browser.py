@@ -164,3 +164,23 @@ def test_bad_width_is_a_visible_error(page):
     error = wait_text(page, "#error", "multiple of 8", timeout=GENERATE_WAIT_S)
     assert "65" in error
     assert find(page, "#error .studio-error").is_displayed()
+
+
+def test_closing_the_tab_removes_the_gallery_copies(page, config):
+    import time
+
+    from gradio.utils import get_upload_folder
+
+    fill(page, "#seed input", 4242)
+    wait_text(page, "#plan", "4242 ·")
+    press_generate(page)
+    wait_text(page, "#info", "4242 ·", timeout=GENERATE_WAIT_S)
+    names = [p.name for p in config.output_dir.glob("*_4242.png")]
+    copies = [c for name in names for c in Path(get_upload_folder()).glob(f"*/{name}")]
+    assert copies, "the gallery shows a copy from Gradio's cache"
+    page.get("about:blank")  # the session ends
+    deadline = time.monotonic() + 60
+    while any(c.exists() for c in copies) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not any(c.exists() for c in copies), "the closed session's gallery copies are still there"
+    assert all((config.output_dir / name).exists() for name in names)  # the outputs themselves stay
