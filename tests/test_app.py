@@ -239,10 +239,11 @@ def call_queued(server, api_name, data):
 
 
 def test_hostile_numbers_over_http_are_clear_messages(server):
-    nan = float("nan")
-    for overrides, needle in ((dict(batch=nan), "batch: Input should be a finite number"),
-                              (dict(cfg=nan), "cfg: Input should be a finite number"),
-                              (dict(steps=2.5), "steps: Input should be a valid integer")):
+    """Values of the right JSON type that the settings refuse: a clear message from the request model.
+    (Values of the wrong type, NaN included, are refused before the queue: tests/test_server_guard.py.)"""
+    for overrides, needle in ((dict(steps=2.5), "steps: Input should be a valid integer"),
+                              (dict(seed=2**40), "seed: Input should be less than or equal to 4294967295"),
+                              (dict(model=None), "model: Input should be a valid string")):
         for api_name in ("generate", "plan_preview"):
             kind, data = call_queued(server, api_name, controls(**overrides))
             assert kind == "complete", (overrides, api_name, kind, data)

@@ -118,10 +118,45 @@ class Guard:
         if fn is None:
             return None  # Gradio says the endpoint does not exist
         controls = [c for c in fn.inputs if type(c).__name__ != "State"]
-        if len(payload["data"]) not in (len(controls), len(fn.inputs)):
-            name = fn.api_name or fn.name
-            return f"{name} takes {len(controls)} values, got {len(payload['data'])}"
+        name = fn.api_name or fn.name
+        values = payload["data"]
+        if len(values) not in (len(controls), len(fn.inputs)):
+            return f"{name} takes {len(controls)} values, got {len(values)}"
+        components = controls if len(values) == len(controls) else fn.inputs
+        for component, value in zip(components, values):
+            problem = _value_problem(component, value)
+            if problem:
+                return f"{name}: {getattr(component, 'label', None) or type(component).__name__} {problem}"
         return None
+
+
+# What each kind of control accepts as JSON, and whether it may be null (Gradio's own checks fail
+# with no message on these).
+_KINDS = {"Number": ("number", True), "Slider": ("number", False), "Textbox": ("text", True),
+          "Radio": ("text", True), "Dropdown": ("text", True), "Checkbox": ("bool", False)}
+
+
+def _value_problem(component, value) -> str | None:
+    kind, nullable = _KINDS.get(type(component).__name__, (None, True))
+    if kind is None:
+        return None
+    if value is None:  # "no value": the request model says whether the setting must have one
+        return None if nullable else "must have a value, got null"
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"must be a number, got {_shown(value)}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+    elif kind == "text" and not isinstance(value, str):
+        return f"must be text, got {_shown(value)}"
+    elif kind == "bool" and not isinstance(value, bool):
+        return f"must be true or false, got {_shown(value)}"
+    return None
+
+
+def _shown(value) -> str:
+    text = json.dumps(value, allow_nan=True)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _endpoint(blocks, path: str, payload: dict):
