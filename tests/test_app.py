@@ -64,6 +64,11 @@ def test_plan_preview_flags_a_recompile(server):
     assert "Will compile" in longer and "prompt crossed 75 tokens: chunks 1→2" in longer
     _, near = client.predict(*controls(prompt=" ".join(["cat"] * 70), **ov), api_name="/plan_preview")
     assert "5 tokens to the next 75-token boundary" in near
+    _, one = client.predict(*controls(prompt=" ".join(["cat"] * 74), **ov), api_name="/plan_preview")
+    assert "⚠️ 1 token to the next 75-token boundary" in one
+    _, padded = client.predict(*controls(prompt=" ".join(["cat"] * 74), chunk_policy="pad:2", **ov),
+                               api_name="/plan_preview")
+    assert "chunk policy pads the prompt (1 chunk) to 2 chunks" in padded and "crossed" not in padded
     _, bigger = client.predict(*controls(width=96, **ov), api_name="/plan_preview")
     assert "resolution 64×64→96×64" in bigger
     # the OpenVINO text-encoder radio: said in the plan; with the torch backend it does not apply

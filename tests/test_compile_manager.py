@@ -73,3 +73,15 @@ def test_predict_changes_nothing_even_with_a_smaller_lru():
     events = m.resize(1) + m.activate(a, compile_fn)[1]  # what a run with lru 1 does
     assert [e["signature"] for e in events if e["kind"] == "evict"] == [str(a), str(b), str(c)]
     assert m.cached == [str(a)]
+
+
+def test_padding_is_said_as_padding_not_as_a_crossed_boundary():
+    m = CompileManager(capacity=3)
+    m.activate(sig(chunks=1), compile_fn)
+    padded = Signature(device="CPU", mode="accuracy", batch=2, width=64, height=64, chunks=2, prompt_chunks=1)
+    assert m.predict(padded).reason == "chunk policy pads the prompt (1 chunk) to 2 chunks: chunks 1→2"
+    m.activate(padded, compile_fn)
+    assert padded == sig(chunks=2) and not m.predict(sig(chunks=2)).will_compile  # not part of the key
+    m2 = CompileManager(capacity=3)
+    m2.activate(sig(chunks=2), compile_fn)
+    assert m2.predict(sig(chunks=1)).reason == "prompt back within 75 tokens: chunks 2→1"

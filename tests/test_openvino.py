@@ -187,3 +187,17 @@ def test_openvino_text_encoder_refusals(ov_engine, tiny_request):
         ov_engine.plan(tiny_request(backend={"name": "torch", "text_encoder": "openvino"}))
     with pytest.raises(StudioError, match=r"leave --dtype unet/vae/text at fp32"):
         ov_engine.plan(ov(tiny_request, text_encoder="openvino", precision={"text": "bf16"}))
+
+
+def test_reduced_precision_fixes_name_the_mode_on_openvino():
+    """On a bf16 CPU performance mode runs the VAE in bf16; --dtype is refused by the OpenVINO backend,
+    so the fix must be the mode (found in the app: the risk said --dtype vae=fp32)."""
+    from test_repro import _assess
+
+    backend = {"name": "openvino", "device": "CPU", "mode": "performance",
+               "precision": {"text": "fp32", "unet": "bf16", "vae": "bf16"}}
+    found = _assess(backend=backend)
+    for code in ("vae_not_fp32", "reduced_precision"):
+        assert "--ov-mode accuracy" in found[code].fix and "--dtype" not in found[code].fix
+    torch_found = _assess(request={"precision": {"vae": "bf16", "unet": "bf16"}})
+    assert "--dtype vae=fp32" in torch_found["vae_not_fp32"].fix

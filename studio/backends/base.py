@@ -54,7 +54,7 @@ class Backend(Protocol):
         """Where 'device' noise is drawn for this backend (a torch device name)."""
 
     def predict_compile(self, request: GenerationRequest, model: str, width: int, height: int,
-                        chunks: int) -> Optional[CompilePlan]:
+                        chunks: int, prompt_chunks: Optional[int] = None) -> Optional[CompilePlan]:
         """For a compiling backend: will this request compile, and why. None for eager backends."""
 
     def generate(self, plan: Plan, load_pipeline: Callable[[], Any], latents, generators,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from studio.engine.plan import CompilePlan
@@ -26,6 +26,8 @@ class Signature:
     height: int
     chunks: int  # prompt length in 77-token chunks
     model: str = ""  # the model's short hash: variants of two models never stand in for each other
+    # The prompt's own chunk count, before a pad:N policy raised it: said in reasons, not part of the key.
+    prompt_chunks: Optional[int] = field(default=None, compare=False)
 
     def __str__(self) -> str:
         prefix = f"{self.model}:" if self.model else ""
@@ -41,8 +43,14 @@ def describe_change(old: Optional[Signature], new: Signature) -> str:
     if (old.width, old.height) != (new.width, new.height):
         changes.append(f"resolution {old.width}×{old.height}→{new.width}×{new.height}")
     if old.chunks != new.chunks:
-        boundary = 75 * min(old.chunks, new.chunks)
-        changes.append(f"prompt crossed {boundary} tokens: chunks {old.chunks}→{new.chunks}")
+        own = new.prompt_chunks or new.chunks
+        if own < new.chunks:
+            changes.append(f"chunk policy pads the prompt ({own} chunk{'s' * (own > 1)}) to {new.chunks} chunks: "
+                           f"chunks {old.chunks}→{new.chunks}")
+        elif new.chunks > old.chunks:
+            changes.append(f"prompt crossed {75 * old.chunks} tokens: chunks {old.chunks}→{new.chunks}")
+        else:
+            changes.append(f"prompt back within {75 * new.chunks} tokens: chunks {old.chunks}→{new.chunks}")
     if old.batch != new.batch:
         changes.append(f"batch {old.batch}→{new.batch}")
     if old.mode != new.mode:

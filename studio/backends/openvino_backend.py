@@ -195,14 +195,14 @@ class OpenVINOBackend:
     # -- signatures --------------------------------------------------------------------------------
     @staticmethod
     def signature(request: GenerationRequest, model: str, width: int, height: int, chunks: int,
-                  device: str) -> Signature:
+                  device: str, prompt_chunks: Optional[int] = None) -> Signature:
         cfg_batch = 2 if request.cfg > 1 else 1  # diffusers runs CFG as one batch of (negative, positive)
         return Signature(device=device, mode=request.backend.ov_mode, batch=cfg_batch, width=width,
-                         height=height, chunks=chunks, model=model)
+                         height=height, chunks=chunks, model=model, prompt_chunks=prompt_chunks)
 
-    def predict_compile(self, request, model, width, height, chunks):
+    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None):
         return self.manager.predict(self.signature(request, model, width, height, chunks,
-                                                   self._device(request.backend.device)), request.lru)
+                                                   self._device(request.backend.device), prompt_chunks), request.lru)
 
     # -- export / load -----------------------------------------------------------------------------
     def _ir_dir(self, sha256: str) -> Path:
@@ -337,7 +337,7 @@ class OpenVINOBackend:
         request = plan.request
         self.manager.resize(request.lru)
         sig = self.signature(request, plan.model.short_hash, plan.width, plan.height, plan.prompt.chunk_count,
-                             plan.backend.device)
+                             plan.backend.device, plan.prompt.own_chunks)
         compiled, events = self.manager.activate(sig, lambda s: self._compile(loaded.ov_pipe, s, plan.model.sha256))
         loaded.ov_pipe.unet.request = compiled["unet"]
         loaded.ov_pipe.vae_decoder.request = compiled["vae_decoder"]

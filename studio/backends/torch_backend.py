@@ -63,7 +63,7 @@ class TorchBackend:
     def generator_device(self, resolved: ResolvedBackend) -> str:
         return resolved.device
 
-    def predict_compile(self, request, model, width, height, chunks):
+    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None):
         return None  # eager: nothing is compiled
 
     @staticmethod

@@ -48,6 +48,11 @@ class PromptPlan(_Frozen):
     # every image encodes prompt_final.
     per_image: Optional[list[str]] = None
 
+    @property
+    def own_chunks(self) -> int:
+        """The chunks the prompt and negative need themselves, before a pad:N policy."""
+        return max(self.chunks, self.negative_chunks)
+
     def final_for(self, index: int) -> str:
         """The text image ``index`` of the batch encodes."""
         return self.per_image[index] if self.per_image is not None else self.prompt_final

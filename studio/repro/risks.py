@@ -17,18 +17,22 @@ def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInf
                 "drivers draw other numbers for the same seed",
             fix="use noise source cpu (--noise-source cpu, or the sampler name without -gpu)",
         ))
+    # OpenVINO's compiled parts take their precision from the mode, not from --dtype (which it refuses).
+    by_mode = backend.name == "openvino"
+    mode_fix = "use OpenVINO accuracy mode (--ov-mode accuracy; in the app, OpenVINO mode: accuracy), which runs fp32"
     if backend.precision.get("vae") != "fp32":
         risks.append(Risk(
             code="vae_not_fp32",
             why=f"the VAE runs in {backend.precision.get('vae')}: colours drift and can wash out or turn black (NaN)",
-            fix="run the VAE in fp32 (--dtype vae=fp32)",
+            fix=mode_fix if by_mode else "run the VAE in fp32 (--dtype vae=fp32; in the app, Precision: VAE fp32)",
         ))
     low = sorted(c for c, d in backend.precision.items() if d != "fp32" and c != "vae")
     if low:
         risks.append(Risk(
             code="reduced_precision",
             why=f"{', '.join(low)} run below fp32: results drift between CPU and GPU architectures",
-            fix="use fp32 (--dtype unet=fp32 --dtype text=fp32) for cross-machine reproduction",
+            fix=mode_fix if by_mode else "use fp32 (--dtype unet=fp32 --dtype text=fp32; in the app, Precision: "
+                                         "fp32) for cross-machine reproduction",
         ))
     if backend.device.startswith("cuda") and not request.deterministic:
         risks.append(Risk(

@@ -167,7 +167,7 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
                           if c.will_compile else f"✅ **Compiled variant cached:** `{c.signature}` (no recompile)")
         room = plan.prompt.chunk_count * 75 - max(plan.prompt.tokens, plan.prompt.negative_tokens)
         if plan.request.chunk_policy == "exact" and room <= 10:
-            paragraphs.append(f"⚠️ {room} tokens to the next 75-token boundary: crossing it recompiles. "
+            paragraphs.append(f"⚠️ {room} token{'s' * (room != 1)} to the next 75-token boundary: crossing it recompiles. "
                               "Chunk policy pad:2 keeps prompts up to 150 tokens on one compiled variant.")
     if plan.prompt.expansion is not None and fingerprints is not None:
         how = "replayed verbatim" if plan.prompt.expansion.get("replayed") else "seeded by each image's seed"
