@@ -117,6 +117,7 @@ def test_opening_a_preset_fills_the_controls_and_reports(server, tmp_path):
     error, report = out[len(CONTROL_ORDER):]
     assert error == "" and values["sampler"] == "euler_a" and values["deterministic"] is True
     assert values["seed"] == 12345 and values["noise_source"] == "cpu"
+    assert (values["width"], values["height"]) == (64, 64)  # no size in the preset: the tiny model's own
     assert "expected: the same image" in report
     there = {"schema_version": 1, "model": {"file": "tiny", "sha256": "0" * 64},
              "request": {"seed": 1, "expansion": True, "expanded_prompt": "a cat, film grain"}}

@@ -184,3 +184,33 @@ def test_closing_the_tab_removes_the_gallery_copies(page, config):
         time.sleep(0.5)
     assert not any(c.exists() for c in copies), "the closed session's gallery copies are still there"
     assert all((config.output_dir / name).exists() for name in names)  # the outputs themselves stay
+
+
+def test_an_empty_width_is_a_clear_message(page, config):
+    from selenium.webdriver.common.keys import Keys
+
+    before = set(config.output_dir.glob("*.png"))
+    for typed in ("", "-"):
+        field = find(page, "#width input")
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.BACKSPACE)
+        field.send_keys(typed, Keys.TAB)
+        wait_text(page, "#error", "Width is empty: type a multiple of 8")
+        press_generate(page)
+        wait_text(page, "#error", "Width is empty")
+    assert set(config.output_dir.glob("*.png")) == before
+    assert not [t for t in page.find_elements("css selector", ".toast-body") if t.text.strip()]
+
+
+def test_the_plan_is_made_again_after_a_run(page):
+    find(page, "#backend-settings button.label-wrap").click()
+    find(page, '#backend input[value="openvino"]').click()
+    fill(page, "#device textarea", "CPU")
+    fill(page, "#seed input", 9)
+    fill(page, 'input[aria-label="number input for Steps"]', 2)
+    wait_text(page, "#plan", "Will compile")
+    press_generate(page)
+    wait_text(page, "#info", "9 ·", timeout=GENERATE_WAIT_S)
+    wait_text(page, "#plan", "Compiled variant cached", timeout=GENERATE_WAIT_S)
+    assert "Will compile" not in text_of(page, "#plan")

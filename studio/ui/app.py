@@ -47,6 +47,10 @@ def request_values(values: dict) -> dict:
     """UI control values → GenerationRequest fields."""
     # Numbers are passed as they came: the request model checks them (a NaN, a null or a text from a
     # hostile API call is a clear message there, where int()/float() here would raise).
+    for name, label in (("width", "Width"), ("height", "Height")):
+        # An empty or half-typed number field ("", "-") arrives as None: say so, never guess a size.
+        if values[name] is None:
+            raise StudioError(f"{label} is empty: type a multiple of 8 from 64 to 2048")
     seed = values["seed"]
     negative_seed = isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0
     return dict(
@@ -242,6 +246,10 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         drawn_later = request.seed is None
         return "", plan_markdown(plan, None if drawn_later else engine.preview_fingerprints(plan))
 
+    def refresh_plan(*values):
+        """The plan alone (after a run), leaving the run's own message in place."""
+        return preview(*values)[1] or gr.update()
+
     @handler(lambda error: [*[gr.update() for _ in INPUT_ORDER], error, ""])
     def open_preset(name, upload):
         """Load a shipped preset (by name) or an uploaded file, fill the controls, and report differences."""
@@ -260,6 +268,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         here_env = environment.made_on(plan.backend.device, plan.backend.precision)
         report = diff.compare(preset, plan, here_env)
         values = control_values(request)
+        values.update(width=plan.width, height=plan.height)  # a preset without a size: the model's own
         if request.expansion and isinstance(request.expanded_prompt, str):
             # Replayed verbatim: the stored expanded text goes into the prompt and expansion is not run again.
             # (A batch's list of texts stays in the hidden replay state: see _replay_texts.)
@@ -394,7 +403,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         for control in controls:
             control.change(preview, controls, [error, plan_box], show_progress="hidden")
         app.load(preview, controls, [error, plan_box], api_name="plan_preview")
-        run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate")
+        # After a run the plan is made again: what was compiled or the next seed changes it.
+        run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate").then(
+            refresh_plan, controls, plan_box, show_progress="hidden")
         stop_button.click(stop_run, None, None, api_name="stop")
         app.unload(end_session)
         save_button.click(save_preset, [save_name, *controls], [error, saved_file], api_name="save_preset")
