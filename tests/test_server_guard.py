@@ -250,11 +250,24 @@ def test_stop_over_http_stops_only_that_session(own_server):
     while job.status().code.name not in ("PROCESSING", "ITERATING", "PROGRESS"):
         time.sleep(0.1)
     other.predict(api_name="/stop")  # another session's Stop: no effect on this job
-    time.sleep(1)
+    time.sleep(2)
+    assert not job.done(), "another session's Stop stopped this job"
     stopper.predict(api_name="/stop")
     _, error, _, _ = job.result(timeout=300)
     assert "stopped after step" in error and "nothing was saved" in error
     assert set(config.output_dir.glob("*.png")) == before
+
+
+def test_the_api_takes_parameters_named_after_the_request_fields(own_server):
+    from gradio_client import Client
+
+    client = Client(own_server[0], verbose=False)
+    names = [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)
+             ["named_endpoints"]["/generate"]["parameters"]]
+    assert names == list(CONTROL_ORDER)
+    # a script names only what it changes; the rest are the page's start values
+    _, error, info, _ = client.predict(prompt="a red door", seed=31, steps=1, api_name="/generate")
+    assert error == "" and "`31`" in info
 
 
 def test_lost_jobs_are_said_after_a_kill(tmp_path, cache_dir):

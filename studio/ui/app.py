@@ -235,12 +235,43 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     def model_note(name: str) -> str:
         return f"⚠️ **{name}** is a {UNTRAINED_NOTE}." if name in BUILTINS else ""
 
-    def named(values) -> dict:
-        return dict(zip(INPUT_ORDER, values))
+    def takes_controls(leading: tuple[str, ...] = (), request: bool = False, progress: bool = False):
+        """Give a handler ``fn(*leading, values, request=, progress=)`` the positional signature Gradio reads:
+        one parameter per control, named as the request field it sets, with the page's start values as
+        defaults (so scripts call ``/generate`` by name), then gr.Request and gr.Progress, which Gradio
+        recognises only among positional parameters."""
+        import inspect
 
+        def wrap(fn):
+            def inner(*args):
+                lead, rest = args[:len(leading)], args[len(leading):]
+                values, extra = dict(zip(INPUT_ORDER, rest)), list(rest[len(INPUT_ORDER):])
+                kwargs = {}
+                if request:
+                    kwargs["request"] = extra.pop(0)
+                if progress:
+                    kwargs["progress"] = extra.pop(0)
+                return fn(*lead, values, **kwargs)
+
+            P = inspect.Parameter
+            params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in leading]
+            params += [P(n, P.POSITIONAL_OR_KEYWORD, default=init[n]) for n in INPUT_ORDER]
+            if request:
+                params.append(P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request))
+            if progress:
+                params.append(P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+            inner.__signature__ = inspect.Signature(params)
+            inner.__annotations__ = {"request": gr.Request} if request else {}
+            inner.__name__ = inner.__qualname__ = fn.__name__
+            inner.__doc__ = fn.__doc__
+            return inner
+
+        return wrap
+
+    @takes_controls()
     @handler(lambda error: (error, ""))
-    def preview(*values):
-        request = build_request(**request_values(named(values)))
+    def preview(values):
+        request = build_request(**request_values(values))
         plan = engine.plan(request)
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None
@@ -249,6 +280,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     def refresh_plan(*values):
         """The plan alone (after a run), leaving the run's own message in place."""
         return preview(*values)[1] or gr.update()
+
+    refresh_plan.__signature__ = preview.__signature__
 
     @handler(lambda error: [*[gr.update() for _ in INPUT_ORDER], error, ""])
     def open_preset(name, upload):
@@ -275,8 +308,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             values.update(prompt=request.expanded_prompt, expansion=False)
         return [*[values[n] for n in INPUT_ORDER], "", public(report_markdown(report, notes + found))]
 
+    @takes_controls(leading=("name",))
     @handler(lambda error: (error, None))
-    def save_preset(name, *values):
+    def save_preset(name, values):
         """The current settings, planned here, as a preset file (with made_on) to download and share."""
         from studio.settings import Preset
 
@@ -285,21 +319,23 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                 or len(stem) > MAX_PRESET_NAME:
             raise StudioError(f"name the preset with up to {MAX_PRESET_NAME} letters, digits, spaces, '-', '_' "
                               "or '.'")
-        plan = engine.plan(build_request(**request_values(named(values))))
+        plan = engine.plan(build_request(**request_values(values)))
         preset = Preset(name=stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
                         request=plan.request, plan=plan.to_json_dict(),
                         made_on=environment.made_on(plan.backend.device, plan.backend.precision))
         path = presets.save(preset, engine.config.output_dir / "presets" / f"{stem}.json")
         return "", str(path)
 
+    @takes_controls(request=True, progress=True)
     @handler(lambda error: (gr.update(), error, gr.update(), gr.update()))
-    def generate(*values, request: gr.Request = None, progress=gr.Progress()):
+    def generate(values, request=None, progress=None):
         session = getattr(request, "session_hash", None) or ""
         stop = stops[session] = threading.Event()
         try:
-            settings = build_request(**request_values(named(values)))
+            settings = build_request(**request_values(values))
             plan = engine.plan(settings)
-            result = engine.run(plan, on_step=lambda i, n: progress(i / n, desc=f"step {i}/{n}"), stop=stop)
+            report = (lambda i, n: progress(i / n, desc=f"step {i}/{n}")) if progress is not None else None
+            result = engine.run(plan, on_step=report, stop=stop)
             saved = save_result(result, engine.config.output_dir)
         finally:
             if stops.get(session) is stop:
@@ -328,6 +364,10 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
 
     def end_session(request: gr.Request = None):
         copies.end_session(getattr(request, "session_hash", None))
+
+    # Gradio finds gr.Request by type hint; `gr` is imported here, not at module level, so the string
+    # annotations would not resolve: give the real class.
+    stop_run.__annotations__ = end_session.__annotations__ = {"request": gr.Request}
 
     # Gradio's own cache sweep: gallery copies older than a day go, and all of them at a restart.
     with gr.Blocks(title="studio", delete_cache=(3600, 86400)) as app:
