@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from studio.cli import main
 from studio.errors import StudioError
 from studio.models.tokenizer import clip_tokenizer
-from studio.prompts.attention import BREAK_MARK, is_break, parse
+from studio.prompts.attention import BREAK_MARK, is_break, parse, split_break
 from studio.prompts.chunking import MAX_WEIGHT, chunk_prompt, count_tokens
 
 S = 1 / 1.1  # A1111's square-bracket multiplier, computed the way it computes it
@@ -209,6 +209,43 @@ def test_the_oracle_agrees_with_the_pinned_cases():
                             parse("a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).")),
                            ("(a:1.2.3)", [("a:1.2.3", 1.1)])]:
         assert oracle(text) == expected
+
+
+# -- hostile prompts stay fast (found by bench/fuzz.py) ---------------------------------------------------
+WHITESPACE_SOUP = st.lists(st.sampled_from([" ", "\t", "\n", "\u00a0", "\u2028", "\u3000", "BREAK", "B", "K", "x",
+                                            "_", "é", "BREAKx", "xBREAK", "(", "."]), max_size=30).map("".join)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(WHITESPACE_SOUP)
+def test_split_break_is_the_regex_split(text):
+    assert split_break(text) == re.split(r"\s*\bBREAK\b\s*", text, flags=re.S)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 50, 300])
+@pytest.mark.parametrize("shape", ["(a", "[a", "(a:1.3)(", "a([", "[\\ ", "(a BREAK b["])
+def test_deep_nesting_matches_the_oracle_bit_for_bit(shape, depth):
+    text = shape * depth + ")" * (depth // 2) + "]" * (depth // 3)
+    got, want = parse(text), oracle(text)
+    assert [t for t, _ in got] == [t for t, _ in want]
+    assert all(a == b or (math.isnan(a) and math.isnan(b)) for (_, a), (_, b) in zip(got, want))
+
+
+@pytest.mark.parametrize("text", [" " * 20000 + "x", "\t" * 19990 + "BREAKx", "(a" * 10000, "[\\ " * 6666,
+                                  "a(" * 5000 + ")" * 5000, "(" * 19999 + "a"])
+def test_hostile_prompts_parse_and_count_fast(tok, text):
+    """The BREAK regex backtracked over every space of a run no BREAK follows (20,000 spaces: seven seconds),
+    and each closing bracket multiplied every weight after its opening one in a Python loop (10,000 nested
+    brackets: two seconds, repeated by every count the prompt expander makes: a plan took 19 s)."""
+    import time
+
+    start = time.perf_counter()
+    parse(text)
+    try:
+        count_tokens(text, tok)
+    except StudioError:  # a weight out of range: refused, as it should be
+        pass
+    assert time.perf_counter() - start < 1.0
 
 
 # -- chunking -------------------------------------------------------------------------------------------

@@ -149,3 +149,17 @@ def test_pad_policy_sets_the_chunk_count(engine, tiny_request):
     plan = engine.plan(tiny_request(prompt="a cat", negative_prompt="a BREAK b BREAK c"))
     assert (plan.prompt.chunks, plan.prompt.negative_chunks, plan.prompt.chunk_count) == (1, 3, 3)
     assert engine.run(plan).images.shape == (1, 64, 64, 3)  # positive 1 chunk, negative 3: runs
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a \udcff cat", "(x:1.2) \udfff"])
+def test_lone_surrogate_is_a_clear_error(tok, capsys, text):
+    # Found by bench/fuzz.py: an argv byte that is not UTF-8 (Python reads it as a lone surrogate) or a JSON
+    # "\ud800" reached the tokenizer, which raised TypeError: `studio tokens $'\xff'` printed a traceback.
+    from studio.cli import main
+
+    with pytest.raises(StudioError, match="not a valid Unicode character") as info:
+        count_tokens(text, tok)
+    assert "\n" not in str(info.value) and str(info.value).isascii()
+    assert main(["tokens", text]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the prompt holds") and err.count("\n") == 1

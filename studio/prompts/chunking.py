@@ -55,6 +55,7 @@ def _comma_id(tokenizer) -> int:
 
 def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> tuple[list[Chunk], int]:
     """The prompt's chunks and A1111's token count (every chunk but the last counts as full)."""
+    check_unicode(text)
     comma = _comma_id(tokenizer)
     chunks: list[Chunk] = []
     current = Chunk()
@@ -68,12 +69,19 @@ def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -
         current = Chunk()
         last_comma = -1
 
-    for segment, weight in parse(text):
-        if is_break(segment, weight):  # ("BREAK", -1.1) from inside brackets is the word BREAK
+    segments = parse(text)
+    for segment, weight in segments:
+        if not is_break(segment, weight):  # ("BREAK", -1.1) from inside brackets is the word BREAK
+            check_weight(segment, weight)
+    # Each segment tokenized on its own, as A1111 does, in one call: 10,000 calls took half a second.
+    words = [segment for segment, weight in segments if not is_break(segment, weight)]
+    ids = iter(tokenizer(words, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+               if words else [])
+    for segment, weight in segments:
+        if is_break(segment, weight):
             close()
             continue
-        check_weight(segment, weight)
-        for token in tokenizer(segment, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]:
+        for token in next(ids):
             if token == comma:
                 last_comma = len(current.tokens)
             elif (comma_backtrack and len(current.tokens) == CHUNK and last_comma != -1
@@ -97,6 +105,16 @@ def check_weight(segment: str, weight: float) -> None:
         shown = shown if len(shown) <= 40 else shown[:37] + "..."
         raise StudioError(f"prompt weight {weight!r} (on {shown!r}) is out of range: "
                           f"use a weight between {-MAX_WEIGHT:g} and {MAX_WEIGHT:g}")
+
+
+def check_unicode(text: str, what: str = "prompt") -> None:
+    """A lone surrogate (a JSON "\\ud800", or an argv byte that is not UTF-8) is no character: the tokenizer
+    cannot take it, and no file or terminal can hold it. Refused here, before tokenizing."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StudioError(f"the {what} holds {text[exc.start]!r} at character {exc.start}, which is not a valid "
+                          "Unicode character (a lone surrogate): remove it or fix the text's encoding") from None
 
 
 def check_chars(text: str, what: str = "prompt") -> None:
