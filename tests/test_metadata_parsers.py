@@ -348,6 +348,40 @@ def test_hostile_files(tmp_path):
     refused(tmp_path / "head.png", "damaged")
 
 
+def test_lone_surrogates_are_refused(tmp_path):
+    """Found by bench/fuzz.py: JSON may spell a lone surrogate ("\\ud800"). Read from an image or a Fooocus preset,
+    it crashed `studio info --json` (printing), `studio preset import` (saving) and the tokenizer; the readers
+    refuse it with one line."""
+    from studio.metadata.fooocus_image import parse_fooocus_json
+
+    record = json.dumps({"plan": {"request": {"prompt": "a \ud800"}}, "image": {"seed": 1}})
+    assert "\\ud800" in record  # as a file holds it: ASCII JSON
+    refusals = [lambda: read_metadata(_png(tmp_path / "s.png", studio=(record, True))),
+                lambda: parse_fooocus_json('{"prompt": "a", "styles": ["\\udcff"]}'),
+                lambda: import_fooocus({"default_prompt": "\ud800"}),
+                lambda: import_fooocus({"\udfff": 1})]
+    preset = tmp_path / "fooocus.json"
+    preset.write_text('{"default_prompt_negative": "\\ud800"}')
+    refusals.append(lambda: load_fooocus_preset(preset))
+    for refusal in refusals:
+        with pytest.raises(StudioError, match="not valid Unicode") as info:
+            refusal()
+        assert "\n" not in str(info.value) and str(info.value).isascii()
+    # a valid pair is text, and stays
+    assert import_fooocus(json.loads('{"default_prompt": "\\ud83e\\udd8a"}')).request_values["prompt"] == "\U0001f98a"
+
+
+def test_damaged_exif_prints_no_warnings(tmp_path, recwarn):
+    """Found by bench/fuzz.py: Pillow's "Truncated File Read" / "Corrupt EXIF data" warnings printed lines of their
+    own around `studio info`'s one line."""
+    exif = bytearray(exif_bytes("Steps: 1", '{"plan": {}}'))
+    struct.pack_into(">I", exif, 6 + 10 + 4, 0xFFFF)  # ImageDescription's count, far past the data
+    path = tmp_path / "damaged.jpg"
+    _image().save(path, format="JPEG", exif=bytes(exif))
+    assert read_metadata(path)["format"] == "jpeg"
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
 # ---------------------------------------------------------------------------------------------- properties
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

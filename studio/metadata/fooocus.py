@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from studio.errors import StudioError
+from studio.metadata.text import describe, lone_surrogate
 from studio.untrusted import MAX_PRESET_BYTES, parse_json, read_text_bounded
 from studio.settings import is_valid_request
 
@@ -89,6 +90,10 @@ def import_fooocus(data: object) -> FooocusImport:
     """A parsed Fooocus preset (a JSON object) → FooocusImport. Raises StudioError only."""
     if not isinstance(data, dict):
         raise StudioError(f"a Fooocus preset is a JSON object of default_* keys, not {show_value(data)}")
+    bad = lone_surrogate(data)
+    if bad is not None:
+        raise StudioError(f"the Fooocus preset holds text that is not valid Unicode (a lone surrogate, in "
+                          f"{describe(bad)})")
     out = FooocusImport()
     values = out.request_values
 

@@ -17,6 +17,7 @@ import re
 
 from studio.errors import StudioError
 from studio.metadata.fooocus import FOOOCUS_DEFAULT_SCHEDULER, fooocus_sampler, show_value
+from studio.metadata.text import describe, lone_surrogate
 from studio.settings import MAX_SEED, is_valid_request
 from studio.untrusted import parse_json
 
@@ -97,6 +98,9 @@ def parse_fooocus_json(text: str) -> dict:
     data = parse_json(text, "Fooocus metadata")
     if not isinstance(data, dict):
         raise StudioError("Fooocus metadata is JSON but not an object")
+    bad = lone_surrogate(data)
+    if bad is not None:
+        raise StudioError(f"Fooocus metadata holds text that is not valid Unicode (a lone surrogate, in {describe(bad)})")
     values: dict = {}
     notes: list[str] = []
     ignored: dict[str, str] = {}

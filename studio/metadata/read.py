@@ -17,6 +17,7 @@ from PIL import Image
 from studio.errors import StudioError
 from studio.untrusted import check_regular_file, parse_json
 from studio.metadata.exif import read_exif_text
+from studio.metadata.text import describe, lone_surrogate
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_TEXT_CHARS = 8 * 1024 * 1024  # a studio record is a few kB; Pillow allows up to 64 MiB of text in all
@@ -32,6 +33,10 @@ def parse_studio_json(text: str, where: str) -> dict:
     if not isinstance(record, dict):
         raise StudioError(f"{where}: the studio record is JSON but not an object")
     _check_record_shape(record, where)
+    bad = lone_surrogate(record)
+    if bad is not None:
+        raise StudioError(f"{where}: the studio record holds text that is not valid Unicode (a lone surrogate, in "
+                          f"{describe(bad)}); it was not written by studio, or was changed")
     return record
 
 
@@ -84,6 +89,9 @@ def _open(path: Path, where: str) -> tuple[str, dict, dict]:
     """(format, PNG text chunks, EXIF texts). Wraps every Pillow failure."""
     try:
         with warnings.catch_warnings():
+            # Pillow's notes on damaged EXIF ("Corrupt EXIF data ...") would print lines of their own:
+            # what can be read is read, what cannot is a StudioError below.
+            warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path, formats=list(_FORMATS)) as im:
                 fmt = _FORMATS[im.format]
