@@ -170,3 +170,29 @@ def test_risks_each_with_why_and_fix():
     assert "nondeterministic_cuda" not in _assess(backend={"device": "cuda:0"}, request={"deterministic": True})
     assert "compiled_performance_mode" not in _assess(backend={"name": "openvino", "device": "CPU",
                                                                "mode": "accuracy"})
+
+
+def test_load_image_refuses_what_it_cannot_read(tmp_path):
+    """Found by bench/fuzz.py: `studio verify` blocked forever on a FIFO and raised DecompressionBombError."""
+    import os
+    import struct
+    import zlib
+
+    from studio.errors import StudioError
+    from studio.repro.compare import load_image
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    for path, message in ((bomb, "exceeds limit"), (fifo, "not a regular file"), (tmp_path, "folder"),
+                          (junk, "cannot read image"), (tmp_path / "missing.png", "cannot read image")):
+        with pytest.raises(StudioError, match=message) as info:
+            load_image(path)
+        assert "\n" not in str(info.value)

@@ -52,15 +52,33 @@ def compare_arrays(a, b, tolerance: float = ONE_LEVEL, data_range: float = 1.0) 
     )
 
 
-def load_image(path: Path) -> np.ndarray:
-    """An image file as float RGB in 0..1, or a StudioError saying why it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
+
+def load_image(path: Path) -> np.ndarray:
+    """An image file as float RGB in 0..1, or a StudioError saying why it cannot be read.
+
+    Only a regular file is opened (a FIFO would block the open forever); Pillow's decompression-bomb
+    limit is an error here, and any other failure of a damaged file is one StudioError line.
+    """
+    import warnings
+
+    from PIL import Image
+
+    from studio.untrusted import check_regular_file
+
+    check_regular_file(path, MAX_IMAGE_BYTES, f"image {path}")
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise StudioError(f"cannot read image {path}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata; the pixels decide
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+    except MemoryError:
+        raise StudioError(f"cannot read image {path}: not enough memory for an image this large") from None
+    except Exception as exc:  # OSError, UnidentifiedImageError, DecompressionBomb*, SyntaxError, struct.error ...
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip() or type(exc).__name__
+        raise StudioError(f"cannot read image {path}: {text.splitlines()[0]}") from None
 
 
 def compare_images(path_a: Path, path_b: Path, tolerance: float = ONE_LEVEL) -> tuple[Comparison, np.ndarray, np.ndarray]:
