@@ -1413,9 +1413,10 @@ def _setup_worker(cache_dir: str, work: Path):
     (work / "models").mkdir(exist_ok=True)
 
 
-def worker(conn, target_name: str, seed: int, start: int, stop: int, cache_dir: str, shrink_failures: bool):
-    """Run cases start..stop-1 of one target, reporting each to the parent over ``conn``."""
-    work = Path(tempfile.mkdtemp(prefix=f"fuzz-{target_name}-"))
+def worker(conn, target_name: str, seed: int, start: int, stop: int, cache_dir: str, shrink_failures: bool,
+           work: str):
+    """Run cases start..stop-1 of one target in the folder ``work``, reporting each to the parent over ``conn``."""
+    work = Path(work)
     try:
         _setup_worker(cache_dir, work)
         target = TARGETS[target_name](Context(work, Path(cache_dir)))
@@ -1480,20 +1481,24 @@ def run_all(args) -> dict[str, Tally]:
 
     def launch(name, a, b):
         parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=worker, args=(child, name, args.seed, a, b, str(args.cache_dir), not args.no_shrink),
-                           daemon=True)
+        work = tempfile.mkdtemp(prefix=f"fuzz-{name}-")
+        proc = ctx.Process(target=worker, args=(child, name, args.seed, a, b, str(args.cache_dir), not args.no_shrink,
+                                                work), daemon=True)
         proc.start()
         child.close()
         running[parent] = {"proc": proc, "name": name, "next": a, "stop": b, "current": None, "since": time.monotonic(),
-                           "ready": False, "cpu": 0.0, "phase": "case"}
+                           "ready": False, "cpu": 0.0, "phase": "case", "work": work}
 
-    def finish(conn, state, requeue_from=None):
+    def finish(conn, state, requeue_from=None, done=False):
         tallies[state["name"]].cpu += state["cpu"]
         with contextlib.suppress(Exception):
             conn.close()
+        if done:
+            state["proc"].join(60)  # a worker that ended removes its folder first
         if state["proc"].is_alive():
             state["proc"].kill()
-        state["proc"].join(5)
+            state["proc"].join(5)
+            shutil.rmtree(state["work"], ignore_errors=True)
         del running[conn]
         if requeue_from is not None and requeue_from < state["stop"]:
             jobs.insert(0, (state["name"], requeue_from, state["stop"]))
@@ -1521,12 +1526,13 @@ def run_all(args) -> dict[str, Tally]:
                     elif kind == "done":
                         _, index, outcome, problem, seconds, cpu = msg
                         if seconds > args.watchdog:  # finished, but over the limit: a hang all the same
-                            outcome = "hang"
+                            outcome, problem = "hang", {"type": "Hang", "key": "Hang", "case": index, "where": "?",
+                                                        "message": f"{seconds:.1f} s, over {args.watchdog:g} s"}
                         tallies[state["name"]].add(outcome, problem, seconds, index)
                         state.update(current=None, next=index + 1, cpu=cpu)
                     elif kind == "end":
                         state["cpu"] = msg[1]
-                        finish(conn, state)
+                        finish(conn, state, done=True)
                         break
                     elif kind == "setup_failed":
                         tallies[state["name"]].setup_errors.append(msg[2])
@@ -1547,9 +1553,7 @@ def run_all(args) -> dict[str, Tally]:
             elif state["current"] is not None and now - state["since"] > limit:
                 index = state["current"]
                 tallies[state["name"]].add("hang", {"type": "Hang", "key": "Hang", "message": f"over {limit:g} s",
-                                                    "where": "?", "case": index,
-                                                    "reproducer": f"--target {state['name']} --case {index}"},
-                                           now - state["since"], index)
+                                                    "where": "?", "case": index}, now - state["since"], index)
                 tallies[state["name"]].cpu += limit  # at most; the worker's own count is lost with it
                 finish(conn, state, index + 1)
             elif not state["ready"] and now - state["since"] > SETUP_LIMIT_S:
