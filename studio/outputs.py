@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from studio.engine.engine import Result
-from studio.fsutil import write_new_file
+from studio.fsutil import check_can_write, write_new_file
 from studio.metadata.a1111 import infotext
 from studio.metadata.exif import encode_with_exif
 from studio.metadata.png import encode_png, studio_record
@@ -22,6 +22,12 @@ def encode(image, plan, index: int, fingerprint: str, notes: list[str], fmt: str
         return encode_png(image, plan, index, fingerprint, notes)
     record = json.dumps(studio_record(plan, index, fingerprint, notes), ensure_ascii=True)
     return encode_with_exif(image, fmt, infotext(plan, index, fingerprint), record)
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """Raise a clear StudioError now if images could not be saved in ``out_dir``: a read-only or
+    not-permitted folder, or a file in its place, is found before the run rather than after it."""
+    check_can_write(Path(out_dir))
 
 
 def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:

@@ -83,7 +83,9 @@ class BlobCache:
             if stale:
                 notes.append(f"openvino: blob cache {folder.name} held {len(stale)} file(s) not written for these "
                              "compile settings; removed them, compiling afresh")
-            for p in folder.iterdir():
+            # Dot names are writers' temp files: one of a live writer is its own to finish; fsutil
+            # removes those whose writer died.
+            for p in [*stale, *(folder / n for n in _OURS)]:
                 _remove(p)
             _write_json(folder / KEY_FILE, key)
         manifest = _read_json(folder / MANIFEST) or {}
@@ -108,7 +110,7 @@ class BlobCache:
     def _problem(self, path: Path, entry) -> Optional[str]:
         """Why ``path`` cannot be trusted, or None."""
         if not path.is_file() or not isinstance(entry, dict):
-            return "was not written by studio for this key (foreign)"
+            return "was not written by studio for this key (foreign, or left by a compile that did not finish)"
         stat = path.stat()
         if self._checked.get(path) == (stat.st_size, stat.st_mtime_ns):
             return None
