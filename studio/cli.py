@@ -7,7 +7,9 @@ Contract (../shared/DESIGN.md): with --json exactly one JSON object on stdout; a
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -196,7 +198,7 @@ def _note_untrained(plan) -> None:
 
 def cmd_generate(args) -> dict:
     from studio.engine.engine import Engine
-    from studio.outputs import save_result
+    from studio.outputs import check_output_folder, save_result
 
     engine = Engine(_config(args))
     requests = requests_from_args(args, engine.registry)  # every job is validated before the first one runs
@@ -209,6 +211,7 @@ def cmd_generate(args) -> dict:
         plans.append(engine.plan(request))
         carried_seed = engine.next_request(request, plans[-1]).seed
     _note_untrained(plans[0])
+    check_output_folder(engine.config.output_dir)  # before minutes of work, not after
     for plan in plans:
         plan = engine.with_current_compile(plan)  # what the jobs before it compiled changes the prediction
         result = engine.run(plan)
@@ -493,6 +496,24 @@ def main(argv: list[str] | None = None) -> int:
     from studio.runtime import prepare_process
 
     prepare_process()
+    for stream in (sys.stdout, sys.stderr):
+        # A path or prompt from argv may hold bytes that are not UTF-8 (read as lone surrogates):
+        # printed escaped instead of failing halfway through a listing.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `studio models | head`: the reader left; say nothing more (Python would print a traceback
+        # when flushing stdout at exit, so stdout is pointed at /dev/null first).
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+        return 141
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command in ("generate", "plan", "verify", "preset"):

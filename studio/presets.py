@@ -87,7 +87,9 @@ def save(preset: Preset, path: Path) -> Path:
         raise StudioError(f"{path}: a preset file ends in .json")
     try:
         atomic_write_bytes(path, (json.dumps(preset.to_json_dict(), indent=2, ensure_ascii=False) + "\n").encode())
-    except OSError as exc:  # a full disk, a read-only folder, a name too long: nothing was written
+    except StudioError:  # fsutil's WriteError already names the file and the fix
+        raise
+    except OSError as exc:  # a name too long, a missing folder: nothing was written
         raise StudioError(f"cannot write preset {path.name}: {exc.strerror or exc}") from None
     return path
 

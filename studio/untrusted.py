@@ -7,6 +7,7 @@ import os
 import stat
 
 from studio.errors import StudioError
+from studio.metadata.text import describe, lone_surrogate
 
 MAX_JSON_DEPTH = 64
 # Every limit on what studio reads from outside, in one place (the README lists them).
@@ -51,7 +52,7 @@ def json_depth(value) -> int:
 
 
 def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH):
-    """The parsed JSON, or a StudioError "<what> is not valid JSON (...)" / "<what> is nested too deeply"."""
+    """The parsed JSON, or a StudioError: not valid JSON, nested too deeply, or text with a lone surrogate."""
     try:
         data = json.loads(text)
     except RecursionError:
@@ -60,6 +61,9 @@ def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH):
         raise StudioError(f"{what} is not valid JSON ({str(exc).splitlines()[0][:120]})") from None
     if json_depth(data) > max_depth:
         raise StudioError(f"{what} is JSON nested too deeply (over {max_depth} levels)")
+    bad = lone_surrogate(data)
+    if bad is not None:  # no file, terminal or tokenizer takes it: saving or printing it later would fail
+        raise StudioError(f"{what} holds text that is not valid Unicode (a lone surrogate, in {describe(bad)})")
     return data
 
 

@@ -5,16 +5,14 @@ goes through the same target code that bench/fuzz.py runs, with the real tokeniz
 property: the input is accepted, or refused with a StudioError whose message is one clear line (the CLI: exit
 code 2 and exactly one `error:` line on stderr) -- never another exception, a hang or a broken promise.
 
-A few bugs the fuzzer found have their fix in code this suite does not own; the strategies step around
-their triggers, and each is pinned by an `xfail` test at the end (with its minimal reproducer), so that
-the fix shows up as an XPASS.
+The bugs the fuzzer found each have a `test_known_*` test at the end with its minimal reproducer, so
+that they stay fixed.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -33,15 +31,6 @@ _spec.loader.exec_module(fuzz)
 PROPERTY = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
-# Characters str.splitlines() breaks at (and "\r"): user text echoed in a message with one of these makes it
-# more than one line; the fix is in the message code (see test_known_line_breaks_in_messages).
-LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-
-
-def clean(text: str) -> str:
-    return "".join(" " if ch in LINE_BREAKS else ch for ch in text)
-
-
 def check(target, case):
     outcome, problem = fuzz.execute(target, case)
     assert outcome in ("accepted", "refused"), f"{problem}\nreproducer: {target.reproducer(case)[:2000]}"
@@ -63,9 +52,9 @@ def ctx(cache_dir, tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------- strategies
 
-texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=LINE_BREAKS), max_size=30)
-weird = st.sampled_from([t for t in fuzz.WEIRD_TEXT if t.encode("utf-8", "ignore").decode() == t
-                          and not any(c in LINE_BREAKS for c in t)])
+# Line breaks of every kind included: user text echoed in a refusal must still make one line.
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30)
+weird = st.sampled_from([t for t in fuzz.WEIRD_TEXT if t.encode("utf-8", "ignore").decode() == t])
 surrogates = st.sampled_from(["\ud800", "a\udcff", "\udfff\ud800"])  # JSON can spell them: "\\ud800"
 scalars = (st.none() | st.booleans() | st.integers() | st.sampled_from(fuzz.WEIRD_INTS)
            | st.floats() | st.sampled_from(fuzz.WEIRD_FLOATS) | texts | weird)
@@ -188,10 +177,9 @@ def presets(ctx):
 def test_studio_presets(presets, data):
     base = json.loads(data.draw(st.sampled_from(presets.bases)))
     if data.draw(st.booleans()):
-        text = json.dumps(data.draw(edited_json(base, presets.KEYS)))
+        text = json.dumps(data.draw(edited_json(base, presets.KEYS, True)))
     else:
-        text = clean(data.draw(edited_text([json.dumps(base)], [p for p in fuzz.JSON_PIECES if "\\u" not in p
-                                                                 and p.isascii()])))
+        text = data.draw(edited_text([json.dumps(base)], fuzz.JSON_PIECES))
     check(presets, {"text": text})
 
 
@@ -242,13 +230,10 @@ def test_image_metadata_info_and_import(metadata, data):
 
 @pytest.fixture(scope="module")
 def cli(ctx):
-    target = fuzz.Cli(ctx)
-    for folder in ("broken_folder", "list_folder"):  # test_known_broken_model_folder
-        shutil.rmtree(ctx.models_dir / folder)
-    return target
+    return fuzz.Cli(ctx)
 
 
-CLI_VALUES = [v for v in fuzz.Cli.VALUES if v not in ("broken_folder", "list_folder", "\udcff")]
+CLI_VALUES = list(fuzz.Cli.VALUES)
 
 
 @settings(max_examples=120, **PROPERTY)
@@ -287,15 +272,14 @@ hostile = (scalars | st.sampled_from([[], [1], ["a"], {}, {"a": 1}, {"name": "to
 @given(st.data())
 def test_http_api_payloads(http, data):
     values = dict(data.draw(st.sampled_from(http.bases)))
-    values["replay"] = None  # session state, never sent by a client (test_known_replay_with_hostile_batch)
     for key in data.draw(st.lists(st.sampled_from([k for k in values if k != "replay"]), min_size=1, max_size=4)):
         values[key] = data.draw(st.sampled_from(http.valid[key]) | hostile)
     check(http, {"values": values})
 
 
 # ---------------------------------------------------------------------------------------------- known bugs
-# Found by bench/fuzz.py; the fix belongs in code this suite does not own. Each test is the minimal
-# reproducer and passes (XPASS) once the bug is fixed.
+# Found by bench/fuzz.py (each was a traceback or a refusal of more than one line); each test is the minimal
+# reproducer.
 
 def _refuses(fn):
     try:
@@ -305,8 +289,6 @@ def _refuses(fn):
     return True
 
 
-@pytest.mark.xfail(reason="studio/models/registry.py _folder_family: json.loads of a broken model_index.json "
-                          "raises JSONDecodeError (and a list index AttributeError) instead of a StudioError")
 def test_known_broken_model_folder(ctx, tiny_request):
     from studio.engine.engine import Engine
     from studio.settings import AppConfig
@@ -318,8 +300,6 @@ def test_known_broken_model_folder(ctx, tiny_request):
     assert _refuses(lambda: engine.plan(tiny_request(model="broken")))
 
 
-@pytest.mark.xfail(reason="studio/ui/app.py _replay_texts: int(values['batch']) on a hostile batch (text, null, "
-                          "inf) while an opened preset's replay state is set: ValueError/TypeError/OverflowError")
 @pytest.mark.parametrize("batch", ["x", None, float("inf"), [2]])
 def test_known_replay_with_hostile_batch(http, batch):
     values = {**http.bases[0], "expansion": True, "batch": batch,
@@ -328,25 +308,17 @@ def test_known_replay_with_hostile_batch(http, batch):
     assert outcome in ("accepted", "refused"), problem
 
 
-@pytest.mark.xfail(reason="studio/presets.py / studio/untrusted.py: a preset whose JSON spells a lone surrogate "
-                          "('\\ud800') is accepted; saving it (presets.save, Preset.to_json_dict) or printing its "
-                          "diff raises UnicodeEncodeError")
 def test_known_preset_with_lone_surrogate(presets):
     text = json.dumps({"schema_version": 1, "description": "a\ud800", "model": {"file": "tiny"}, "request": {}})
     outcome, problem = fuzz.execute(presets, {"text": text})
     assert outcome in ("accepted", "refused"), problem
 
 
-@pytest.mark.xfail(reason="studio/cli.py: `studio models --models-dir $'\\xff' --json` prints a path holding a "
-                          "lone surrogate (an argv byte that is not UTF-8): UnicodeEncodeError on stdout")
 def test_known_cli_prints_undecodable_path(cli):
     outcome, problem, _ = fuzz.check_cli(["models", "--models-dir", "\udcff", "--json"])
     assert outcome in ("accepted", "refused"), problem
 
 
-@pytest.mark.xfail(reason="studio/errors.py StudioError keeps '\\r' and the other characters str.splitlines() "
-                          "breaks at (messages echo user text: argparse's, validation_message's keys, a model or "
-                          "file name), so a refusal can print as more than one line")
 @pytest.mark.parametrize("argv", [["tokens", "a", "\r.."], ["info", "\x85"]])
 def test_known_line_breaks_in_messages(cli, argv):
     outcome, problem, _ = fuzz.check_cli(argv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import zipfile
@@ -139,16 +140,23 @@ class ModelRegistry:
             cache = json.loads(cache_file.read_text())
         except (OSError, ValueError):
             cache = {}
+        if not isinstance(cache, dict):
+            cache = {}
         before = dict(cache)
-        if source.path.is_file():
-            digest = _file_sha256(source.path, cache)
-        else:
-            # A folder's hash covers every file (configs decide the architecture, weights the values).
-            h = hashlib.sha256()
-            for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
-                h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
-                h.update(_file_sha256(f, cache).encode() + b"\n")
-            digest = h.hexdigest()
+        try:
+            if source.path.is_file():
+                digest = _file_sha256(source.path, cache)
+            else:
+                # A folder's hash covers every file (configs decide the architecture, weights the values).
+                h = hashlib.sha256()
+                for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
+                    h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
+                    h.update(_file_sha256(f, cache).encode() + b"\n")
+                digest = h.hexdigest()
+        except OSError as exc:
+            # Deleted or made unreadable between listing and reading (another program is changing it).
+            raise StudioError(f"model {source.name} changed or became unreadable while it was hashed "
+                              f"({exc.strerror or type(exc).__name__}); check the models folder and try again") from None
         if cache != before:
             atomic_write_bytes(cache_file, json.dumps(cache, indent=1).encode())
         return digest
@@ -175,13 +183,17 @@ class ModelRegistry:
 
         self.ensure_built(source)
         if source.kind in ("builtin", "diffusers"):
-            index = json.loads((source.path / "model_index.json").read_text())
-            cls = getattr(diffusers, index["_class_name"])
+            index = _read_config(source.path / "model_index.json", source.name)
+            cls = getattr(diffusers, str(index.get("_class_name")), None)
+            if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+                raise StudioError(f"{source.name}: model_index.json names no diffusers pipeline "
+                                  f"({str(index.get('_class_name'))[:60]!r}); copy the model folder again")
             extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
             # Without the switch only safetensors weights load: a folder's .bin files are pickles too.
             safe_only = {} if self.allow_unsafe_pickle else {"use_safetensors": True}
             try:
-                return cls.from_pretrained(str(source.path), local_files_only=True, **safe_only, **extra)
+                with _quiet_diffusers():
+                    return cls.from_pretrained(str(source.path), local_files_only=True, **safe_only, **extra)
             except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
                 pickles = sorted(p.relative_to(source.path).as_posix() for p in source.path.rglob("*")
                                  if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -195,6 +207,20 @@ class ModelRegistry:
             return cls.from_single_file(str(source.path), config=str(config), local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise StudioError(f"cannot load {source.path.name} as {source.family}: {_first_line(exc)}") from None
+
+
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """diffusers logs its own 'error occurred while trying to fetch' on stderr before raising; the
+    StudioError that follows says the same in one line, so its log is held back while loading."""
+    from diffusers.utils import logging as dlogging
+
+    before = dlogging.get_verbosity()
+    dlogging.set_verbosity(dlogging.CRITICAL + 10)
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(before)
 
 
 def _own_memory(pipe):
@@ -215,7 +241,7 @@ def _file_sha256(path: Path, cache: dict) -> str:
     st = path.stat()
     key = str(path.resolve())
     hit = cache.get(key)
-    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+    if isinstance(hit, dict) and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
         return hit["sha256"]
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -230,15 +256,29 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _read_config(path: Path, model: str) -> dict:
+    """A model folder's JSON config as a dict, or one line naming the file that is broken."""
+    where = f"{model}: {path.parent.name}/{path.name}" if path.parent.name != model else f"{model}: {path.name}"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise StudioError(f"{where} is missing; the model folder is incomplete, copy it again") from None
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"{where} is not valid JSON ({_first_line(exc)}); copy the model folder again") from None
+    if not isinstance(value, dict):
+        raise StudioError(f"{where} does not hold a JSON object; copy the model folder again")
+    return value
+
+
 def _folder_family(path: Path) -> str:
-    index = json.loads((path / "model_index.json").read_text())
-    if "XL" in index.get("_class_name", ""):
+    index = _read_config(path / "model_index.json", path.name)
+    if "XL" in str(index.get("_class_name", "")):
         return "sdxl"
     try:
         unet = json.loads((path / "unet" / "config.json").read_text())
     except (OSError, ValueError):
         return "sd1"
-    return "sd2" if unet.get("cross_attention_dim") == 1024 else "sd1"
+    return "sd2" if isinstance(unet, dict) and unet.get("cross_attention_dim") == 1024 else "sd1"
 
 
 def _safetensors_keys(path: Path) -> list[str]:
@@ -274,11 +314,15 @@ def architecture(source: ModelSource, cache_dir: Path) -> dict:
         folder = source.config or families.config_dir(source.family, cache_dir)
     else:
         folder = source.path
-    unet = json.loads((folder / "unet" / "config.json").read_text())
-    vae = json.loads((folder / "vae" / "config.json").read_text())
-    vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
-    return {
-        "default_size": int(unet["sample_size"]) * vae_scale,
-        "vae_scale": vae_scale,
-        "latent_channels": int(unet["in_channels"]),
-    }
+    unet = _read_config(folder / "unet" / "config.json", source.name)
+    vae = _read_config(folder / "vae" / "config.json", source.name)
+    try:
+        vae_scale = 2 ** (len(vae["block_out_channels"]) - 1)
+        return {
+            "default_size": int(unet["sample_size"]) * vae_scale,
+            "vae_scale": vae_scale,
+            "latent_channels": int(unet["in_channels"]),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StudioError(f"{source.name}: the unet/vae config lacks a usable {exc!s:.40} entry; "
+                          "copy the model folder again") from None

@@ -36,11 +36,15 @@ def _replay_texts(values: dict) -> list[str] | None:
     batch size changes, they are dropped and expansion runs anew.
     """
     replay = values.get("replay")
-    if not replay or not values["expansion"]:
+    if not isinstance(replay, dict) or not values["expansion"]:
+        return None
+    texts, batch = replay.get("texts"), values["batch"]
+    # The batch is checked by the request model after this; a hostile one here only means "no replay".
+    if not isinstance(texts, list) or not isinstance(batch, (int, float)) or isinstance(batch, bool):
         return None
     same = (replay.get("prompt") == (values["prompt"] or "") and replay.get("seed") == values["seed"]
-            and len(replay.get("texts") or []) == int(values["batch"]))
-    return list(replay["texts"]) if same else None
+            and len(texts) == batch)
+    return list(texts) if same else None
 
 
 def request_values(values: dict) -> dict:
