@@ -197,25 +197,17 @@ def _note_untrained(plan) -> None:
 
 
 def cmd_generate(args) -> dict:
-    from studio.engine.engine import Engine
-    from studio.outputs import check_output_folder, save_result
+    from studio.service import Studio
 
-    engine = Engine(_config(args))
-    requests = requests_from_args(args, engine.registry)  # every job is validated before the first one runs
+    studio = Studio(_config(args))
+    requests = requests_from_args(args, studio.registry)  # every job is validated before the first one runs
     jobs, totals = [], {"total_s": 0.0, "compile_s": 0.0, "steps": 0, "run_s": 0.0}
-    # Every job is planned before the first runs, so a bad prompt on line 40 fails before anything is written.
-    plans, carried_seed = [], None
-    for request in requests:
-        if carried_seed is not None:
-            request = request.model_copy(update={"seed": carried_seed})
-        plans.append(engine.plan(request))
-        carried_seed = engine.next_request(request, plans[-1]).seed
+    plans = studio.plan_jobs(requests)  # a bad prompt on line 40 fails before anything is written
     _note_untrained(plans[0])
-    check_output_folder(engine.config.output_dir)  # before minutes of work, not after
+    studio.check_output_folder()  # before minutes of work, not after
     for plan in plans:
-        plan = engine.with_current_compile(plan)  # what the jobs before it compiled changes the prediction
-        result = engine.run(plan)
-        images = save_result(result, engine.config.output_dir, args.format)
+        job = studio.run_job(plan, args.format)
+        plan, result, images = job.plan, job.result, job.saved
         jobs.append({
             "prompt": plan.prompt.prompt,
             "prompt_final": plan.prompt.prompt_final,
@@ -280,50 +272,26 @@ def cmd_models(args) -> dict:
 
 def cmd_preset(args) -> dict:
     from studio import presets
-    from studio.engine.engine import Engine
-    from studio.repro import diff, environment
-    from studio.settings import Preset
+    from studio.service import Studio
 
     if args.preset_command == "import":
         return _import_preset(args)  # no engine: nothing is planned (and --out is the preset file)
-    engine = Engine(_config(args))
+    studio = Studio(_config(args))
     if args.preset_command == "save":
-        requests = requests_from_args(args, engine.registry)
+        requests = requests_from_args(args, studio.registry)
         if len(requests) > 1:
             raise StudioError("a preset holds one prompt; give --prompt once")
-        plan = engine.plan(requests[0])
-        preset = Preset(name=args.out.stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
-                        request=plan.request, plan=plan.to_json_dict(),
-                        made_on=environment.made_on(plan.backend.device, plan.backend.precision))
-        path = presets.save(preset, args.out)
+        preset, path = studio.save_preset(requests[0], args.out)
         if not args.json:
             print(path)
         return {"path": str(path), "preset": preset.to_json_dict()}
-    preset, notes = presets.load(args.preset_file)
-    model, found = presets.locate_model(preset, engine.registry)
-    request = preset.request.model_copy(update={"model": model})
-    here = engine.plan(request)
-    report = diff.compare(preset, here, environment.made_on(here.backend.device, here.backend.precision))
-    report["notes"] = notes + found
+    opened = studio.open_preset(*presets.load(args.preset_file))
+    report = {**opened.report, "notes": opened.notes}
     if not args.json:
         print(f"expected: {report['expected']}")
         for d in report["differences"]:
             print(f"- {d['field']}: {d['preset']} → {d['here']} [{d['effect']}] {d['fix']}")
     return report
-
-
-def _model_name(name: str | None) -> tuple[str, list[str]]:
-    """A model name from foreign settings, as a preset may hold it (a plain name, never a path)."""
-    from studio.settings import PresetModel
-
-    if not name:
-        return "tiny", ["no model named: the preset uses tiny; set model.file to your model's file name"]
-    plain = name.replace("\\", "/").rsplit("/", 1)[-1]
-    try:
-        PresetModel(file=plain)
-    except Exception:
-        return "tiny", [f"model {name!r} is not a usable file name: the preset uses tiny"]
-    return plain, ([] if plain == name else [f"model path {name!r} kept as its file name {plain!r}"])
 
 
 def _import_preset(args) -> dict:
@@ -333,6 +301,7 @@ def _import_preset(args) -> dict:
     from studio.metadata.read import read_metadata
     from pydantic import ValidationError
 
+    from studio.service import fooocus_metadata, model_name
     from studio.settings import Preset, build_request, validation_message
 
     report: dict = {"notes": []}
@@ -340,7 +309,7 @@ def _import_preset(args) -> dict:
     plan = None
     if args.kind == "fooocus":
         imported = load_fooocus_preset(args.source)
-        values, (model, notes) = imported.request_values, _model_name(imported.model_file)
+        values, (model, notes) = imported.request_values, model_name(imported.model_file)
         report.update(downloads=imported.downloads, unknown_keys=imported.unknown_keys, ignored=imported.ignored)
         report["notes"] += imported.notes + notes
         if imported.downloads:
@@ -355,26 +324,26 @@ def _import_preset(args) -> dict:
         else:
             meta = read_metadata(args.source)
             text, record = meta["parameters"], meta["studio"]
-        fooocus = _fooocus_metadata(text) if record is None else None
+        fooocus = fooocus_metadata(text) if record is None else None
         if record is not None:  # our own image: its whole plan
             plan = record.get("plan")
             try:
                 values = dict(plan["request"])
                 sha = plan["model"]["sha256"]
-                model, notes = _model_name(plan["model"]["name"])
+                model, notes = model_name(plan["model"]["name"])
             except (KeyError, TypeError):
                 raise StudioError(f"{args.source}: the studio record has no plan") from None
             values.pop("model", None)
             report["notes"] += notes
         elif fooocus is not None:  # Fooocus's own JSON scheme
             values, sha = fooocus["request"], fooocus["model_sha256"]
-            model, notes = _model_name(fooocus["model"])
+            model, notes = model_name(fooocus["model"])
             report.update(unknown_fields=fooocus["unknown"], ignored=fooocus["ignored"])
             report["notes"] += fooocus["notes"] + notes
         elif text:
             parsed = parse_infotext(text)
             values = to_request_values(parsed)
-            model, notes = _model_name(values.pop("model", None))
+            model, notes = model_name(values.pop("model", None))
             report.update(unknown_fields=parsed["unknown"], model_hash=parsed["model_hash"])
             report["notes"] += parsed["notes"] + notes
             if parsed["model_hash"]:
@@ -396,63 +365,21 @@ def _import_preset(args) -> dict:
     return {"path": str(path), "preset": preset.to_json_dict(), "report": report}
 
 
-def _fooocus_metadata(text: str | None) -> dict | None:
-    """Fooocus's JSON metadata parsed, or None when ``text`` is not a JSON object (A1111 text then)."""
-    from studio.metadata.fooocus_image import looks_like_fooocus_json, parse_fooocus_json
-
-    if not looks_like_fooocus_json(text):
-        return None
-    try:
-        return parse_fooocus_json(text)
-    except StudioError:
-        return None  # an A1111 prompt may start with "{" too (dynamic prompts)
-
-
 def cmd_info(args) -> dict:
-    from studio.metadata.a1111 import parse_infotext, to_request_values
-    from studio.metadata.read import read_metadata
+    from studio.service import read_image_settings
 
-    meta = read_metadata(args.image)
-    if meta["studio"] is not None:
-        record = meta["studio"]
-        out = {"source": "studio", "format": meta["format"], "request": (record.get("plan") or {}).get("request"),
-               "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
-               "parameters": meta["parameters"]}
-    elif (fooocus := _fooocus_metadata(meta["parameters"])) is not None:
-        out = {"source": "fooocus", "format": meta["format"], "request": fooocus["request"],
-               "model": fooocus["model"], "model_sha256": fooocus["model_sha256"], "fields": fooocus["fields"],
-               "unknown": fooocus["unknown"], "ignored": fooocus["ignored"], "notes": fooocus["notes"],
-               "parameters": meta["parameters"]}
-    elif meta["parameters"]:
-        parsed = parse_infotext(meta["parameters"])
-        out = {"source": "a1111", "format": meta["format"], "request": to_request_values(parsed),
-               "fields": parsed["fields"], "unknown": parsed["unknown"], "model_hash": parsed["model_hash"],
-               "notes": parsed["notes"], "parameters": meta["parameters"]}
-    else:
-        raise StudioError(f"no generation settings found in {args.image} (no studio record, no A1111 parameters)")
+    out = read_image_settings(args.image)
+    # The service's summary fields that `studio info --json` never had (its contract is DESIGN.md's).
+    drop = {"studio": ("model", "model_sha256", "notes"), "a1111": ("model", "model_sha256")}
+    for key in drop.get(out["source"], ()):
+        out.pop(key, None)
     if not args.json:
         print(json.dumps(out.get("request"), indent=2, ensure_ascii=False))
     return out
 
 
-def _against(spec: str, request):
-    name, _, mode = spec.partition(":")
-    if name not in ("torch", "openvino"):
-        raise StudioError(f"--against {spec!r}: use torch or openvino, optionally with :performance or :accuracy")
-    backend = {"name": name}
-    if name == "torch" and request.backend.name != "torch":
-        backend.update(device="cpu", text_encoder="torch")
-    if mode:
-        if mode not in ("performance", "accuracy"):
-            raise StudioError(f"--against {spec!r}: the mode must be performance or accuracy")
-        backend["ov_mode"] = mode
-    from studio.settings import build_request
-
-    return build_request(**{**request.model_dump(), "backend": {**request.backend.model_dump(), **backend}})
-
-
 def cmd_verify(args) -> dict:
-    from studio.repro.compare import ONE_LEVEL, compare_arrays, compare_images, write_heatmap
+    from studio.repro.compare import ONE_LEVEL, compare_images, write_heatmap
 
     tolerance = ONE_LEVEL if args.tolerance is None else args.tolerance
     if tolerance < 0:
@@ -464,20 +391,16 @@ def cmd_verify(args) -> dict:
         result, a, b = compare_images(args.images[0], args.images[1], tolerance)
         compared = f"{args.images[0]} vs {args.images[1]}"
     else:
-        from studio.engine.engine import Engine
+        from studio.service import Studio
 
-        engine = Engine(_config(args))
-        requests = requests_from_args(args, engine.registry)
+        studio = Studio(_config(args))
+        requests = requests_from_args(args, studio.registry)
         if len(requests) > 1:
             raise StudioError("verify takes one prompt; give --prompt once")
-        first = engine.plan(requests[0])
-        second_request = first.request if args.twice else _against(args.against, first.request)
-        second = engine.plan(second_request)  # the first plan's seed, so both draw the same noise
+        # The second run takes the first plan's seed, so both draw the same noise.
+        result, a, b, compared, first = studio.verify_runs(requests[0], None if args.twice else args.against,
+                                                           tolerance)
         _note_untrained(first)
-        a, b = engine.run(first).images, engine.run(second).images
-        result = compare_arrays(a, b, tolerance)
-        describe = lambda p: p.backend.name + (f":{p.backend.mode}" if p.backend.mode else "") + f" on {p.backend.device}"
-        compared = (f"two runs of {describe(first)}" if args.twice else f"{describe(first)} vs {describe(second)}")
     if args.heatmap:
         result.heatmap = write_heatmap(a, b, args.heatmap)
     out = {**result.as_dict(), "compared": compared}

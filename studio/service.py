@@ -1,0 +1,239 @@
+"""What both front ends do, in one place: plan jobs, run and save them, open and save presets, read an
+image's settings, verify. The CLI and the app call this; neither talks to the engine's parts on its own.
+
+Every function raises StudioError only (one line for the user); nothing here prints or knows about Gradio.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from studio.errors import StudioError
+from studio.settings import AppConfig, GenerationRequest
+
+
+@dataclass
+class Job:
+    """One run and what it saved."""
+
+    plan: object
+    result: object
+    saved: list[dict]  # per image: path, seed, noise_fingerprint, prompt_final, width, height
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OpenedSettings:
+    """A preset or an image opened here: the request to run, its plan here, and what differs."""
+
+    request: GenerationRequest
+    plan: object
+    report: dict  # repro.diff.compare's report ("expected", "differences"), or a plain one for images
+    notes: list[str]
+
+
+class Studio:
+    """The service in front of one Engine (one process, one set of folders)."""
+
+    def __init__(self, config: AppConfig):
+        from studio.engine.engine import Engine
+
+        self.engine = Engine(config)
+
+    @property
+    def config(self) -> AppConfig:
+        return self.engine.config
+
+    @property
+    def registry(self):
+        return self.engine.registry
+
+    # -- generate -------------------------------------------------------------------------------
+    def plan(self, request: GenerationRequest):
+        return self.engine.plan(request)
+
+    def plan_jobs(self, requests: list[GenerationRequest]) -> list:
+        """A plan for every job before the first one runs (a bad job 40 fails before job 1 writes), each
+        job's seed following the one before it as the seed mode says."""
+        plans, carried_seed = [], None
+        for request in requests:
+            if carried_seed is not None:
+                request = request.model_copy(update={"seed": carried_seed})
+            plans.append(self.engine.plan(request))
+            carried_seed = self.engine.next_request(request, plans[-1]).seed
+        return plans
+
+    def check_output_folder(self) -> None:
+        from studio.outputs import check_output_folder
+
+        check_output_folder(self.config.output_dir)
+
+    def run_job(self, plan, fmt: str = "png", on_step: Optional[Callable[[int, int], None]] = None,
+                stop: Optional[threading.Event] = None, **run_options) -> Job:
+        """Run ``plan`` (its compile prediction made again: jobs before it may have compiled) and save it."""
+        from studio.outputs import save_result
+
+        plan = self.engine.with_current_compile(plan)
+        result = self.engine.run(plan, on_step=on_step, stop=stop, **run_options)
+        saved = save_result(result, self.config.output_dir, fmt)
+        return Job(plan=plan, result=result, saved=saved, notes=list(result.notes))
+
+    def next_seed(self, request: GenerationRequest, plan) -> Optional[int]:
+        return self.engine.next_request(request, plan).seed
+
+    # -- presets --------------------------------------------------------------------------------
+    def open_preset(self, preset, notes: list[str]) -> OpenedSettings:
+        """``preset`` as it will run here: its model found (by name, else by hash) and the report of what differs."""
+        from studio import presets
+        from studio.repro import diff, environment
+
+        model, found = presets.locate_model(preset, self.registry)
+        request = preset.request.model_copy(update={"model": model})
+        plan = self.engine.plan(request)
+        report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
+        return OpenedSettings(request=request, plan=plan, report=report, notes=list(notes) + found)
+
+    def make_preset(self, request: GenerationRequest, name: str):
+        """The settings, planned here, as a Preset (with the plan and made_on) ready to save or share."""
+        from studio.repro import environment
+        from studio.settings import Preset
+
+        plan = self.engine.plan(request)
+        return Preset(name=name, model={"file": plan.model.name, "sha256": plan.model.sha256},
+                      request=plan.request, plan=plan.to_json_dict(),
+                      made_on=environment.made_on(plan.backend.device, plan.backend.precision))
+
+    def save_preset(self, request: GenerationRequest, path: Path):
+        from studio import presets
+
+        preset = self.make_preset(request, Path(path).stem)
+        return preset, presets.save(preset, Path(path))
+
+    # -- images ---------------------------------------------------------------------------------
+    def open_image(self, path: Path) -> OpenedSettings:
+        """An image's settings as a request to run here (model found by name, else by its hash), with notes."""
+        from studio import presets
+        from studio.settings import Preset, build_request
+
+        info = read_image_settings(path)
+        values = dict(info.get("request") or {})
+        model, notes = model_name(info.get("model"))
+        values.pop("model", None)
+        sha = info.get("model_sha256")
+        notes = list(info.get("notes") or []) + notes
+        build_request(**{**values, "model": "tiny"})  # the values themselves are valid (a clear line if not)
+        preset = Preset(model={"file": model, "sha256": sha if _is_sha256(sha) else None},
+                        request={**values}, plan=info.get("plan") if info["source"] == "studio" else None)
+        located, found = presets.locate_model(preset, self.registry)
+        request = preset.request.model_copy(update={"model": located})
+        plan = self.engine.plan(request)
+        if info["source"] == "studio":
+            from studio.repro import diff, environment
+
+            report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
+        else:
+            report = {"expected": "different", "differences": []}
+            notes.append(f"read from {info['source']} metadata: studio can match its settings, not its pixels "
+                         "(another program's sampler and noise code)")
+        return OpenedSettings(request=request, plan=plan, report=report, notes=notes + found)
+
+    # -- verify ---------------------------------------------------------------------------------
+    def verify_runs(self, request: GenerationRequest, against: Optional[str], tolerance: float):
+        """Run ``request`` twice (``against`` None) or on its backend and on ``against``; compare the pixels.
+
+        Returns (comparison, images a, images b, what was compared)."""
+        from studio.repro.compare import compare_arrays
+
+        first = self.engine.plan(request)
+        second = self.engine.plan(first.request if against is None else against_request(against, first.request))
+        a, b = self.engine.run(first).images, self.engine.run(second).images
+        compared = (f"two runs of {describe_backend(first)}" if against is None
+                    else f"{describe_backend(first)} vs {describe_backend(second)}")
+        return compare_arrays(a, b, tolerance), a, b, compared, first
+
+
+def describe_backend(plan) -> str:
+    b = plan.backend
+    return b.name + (f":{b.mode}" if b.mode else "") + f" on {b.device}"
+
+
+def against_request(spec: str, request: GenerationRequest) -> GenerationRequest:
+    """``request`` moved to the backend (and OpenVINO mode) ``spec`` names: ``torch`` or ``openvino[:MODE]``."""
+    from studio.settings import build_request
+
+    name, _, mode = spec.partition(":")
+    if name not in ("torch", "openvino"):
+        raise StudioError(f"--against {spec!r}: use torch or openvino, optionally with :performance or :accuracy")
+    backend = {"name": name}
+    if name == "torch" and request.backend.name != "torch":
+        backend.update(device="cpu", text_encoder="torch")
+    if mode:
+        if mode not in ("performance", "accuracy"):
+            raise StudioError(f"--against {spec!r}: the mode must be performance or accuracy")
+        backend["ov_mode"] = mode
+    return build_request(**{**request.model_dump(), "backend": {**request.backend.model_dump(), **backend}})
+
+
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def model_name(name: Optional[str]) -> tuple[str, list[str]]:
+    """A model name from foreign settings, as a preset may hold it (a plain name, never a path)."""
+    from studio.settings import PresetModel
+
+    if not name:
+        return "tiny", ["no model named: the preset uses tiny; set model.file to your model's file name"]
+    plain = str(name).replace("\\", "/").rsplit("/", 1)[-1]
+    try:
+        PresetModel(file=plain)
+    except Exception:
+        return "tiny", [f"model {name!r} is not a usable file name: the preset uses tiny"]
+    return plain, ([] if plain == name else [f"model path {name!r} kept as its file name {plain!r}"])
+
+
+def fooocus_metadata(text: Optional[str]) -> Optional[dict]:
+    """Fooocus's JSON metadata parsed, or None when ``text`` is not a JSON object (A1111 text then)."""
+    from studio.metadata.fooocus_image import looks_like_fooocus_json, parse_fooocus_json
+
+    if not looks_like_fooocus_json(text):
+        return None
+    try:
+        return parse_fooocus_json(text)
+    except StudioError:
+        return None  # an A1111 prompt may start with "{" too (dynamic prompts)
+
+
+def read_image_settings(path: Path) -> dict:
+    """The generation settings an image carries: studio's own record, Fooocus's JSON, or A1111 infotext.
+
+    ``source`` says which; ``request`` holds request values (a studio record's model is in ``plan``).
+    """
+    from studio.metadata.a1111 import parse_infotext, to_request_values
+    from studio.metadata.read import read_metadata
+
+    meta = read_metadata(path)
+    if meta["studio"] is not None:
+        record = meta["studio"]
+        plan = record.get("plan") or {}
+        model = plan.get("model") if isinstance(plan.get("model"), dict) else {}
+        return {"source": "studio", "format": meta["format"], "request": plan.get("request"),
+                "model": model.get("name"), "model_sha256": model.get("sha256"),
+                "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
+                "notes": [], "parameters": meta["parameters"]}
+    if (fooocus := fooocus_metadata(meta["parameters"])) is not None:
+        return {"source": "fooocus", "format": meta["format"], "request": fooocus["request"],
+                "model": fooocus["model"], "model_sha256": fooocus["model_sha256"], "fields": fooocus["fields"],
+                "unknown": fooocus["unknown"], "ignored": fooocus["ignored"], "notes": fooocus["notes"],
+                "parameters": meta["parameters"]}
+    if meta["parameters"]:
+        parsed = parse_infotext(meta["parameters"])
+        values = to_request_values(parsed)
+        return {"source": "a1111", "format": meta["format"], "request": values, "model": values.get("model"),
+                "model_sha256": None, "fields": parsed["fields"], "unknown": parsed["unknown"],
+                "model_hash": parsed["model_hash"], "notes": parsed["notes"], "parameters": meta["parameters"]}
+    raise StudioError(f"no generation settings found in {Path(path).name} (no studio record, no A1111 "
+                      "parameters, no Fooocus metadata)")
