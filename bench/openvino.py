@@ -54,7 +54,8 @@ def main() -> int:
     from studio.engine.engine import Engine
     from studio.settings import AppConfig, build_request
 
-    engine = Engine(AppConfig(cache_dir=args.cache_dir, output_dir=Path(tempfile.mkdtemp())))
+    engine = Engine(AppConfig(cache_dir=args.cache_dir, output_dir=Path(tempfile.mkdtemp()),
+                              compile_cache_size=4))
     base = dict(prompt="a lighthouse at dusk, oil painting", seed=7, steps=args.steps, width=args.size,
                 height=args.size, sampler="euler", model=args.model)
     rows = {}
@@ -82,7 +83,7 @@ def main() -> int:
 
     notes = {}
     for mode in ("accuracy", "performance"):
-        request = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": mode}, lru=4)
+        request = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": mode})
         first, first_total, _ = studio_run(request)
         notes[mode] = (first.notes, first.compile_events)
         runs = [studio_run(request) for _ in range(args.runs)]
@@ -101,7 +102,7 @@ def main() -> int:
 
     backend = engine.backend("openvino")
     text_request = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": "accuracy",
-                                                  "text_encoder": "openvino"}, lru=4)
+                                                  "text_encoder": "openvino"})
     studio_run(text_request)  # compiles the text encoder
     loaded = backend._loaded[1]
     ov_side = loaded.ov_text[("CPU", "accuracy")]
@@ -114,11 +115,11 @@ def main() -> int:
 
     # switching between two cached signatures vs a compile
     other = build_request(**{**base, "width": args.size + 64}, backend={"name": "openvino", "device": "CPU",
-                                                                        "ov_mode": "accuracy"}, lru=4)
+                                                                        "ov_mode": "accuracy"})
     result, _, _ = studio_run(other)
     compile_s = [e["seconds"] for e in result.compile_events if e["kind"] == "compile"][0]
     sig_a = backend.manager._last
-    acc = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": "accuracy"}, lru=4)
+    acc = build_request(**base, backend={"name": "openvino", "device": "CPU", "ov_mode": "accuracy"})
     plan_b = engine.plan(acc)
     sig_b = backend.signature(acc, plan_b.model.short_hash, plan_b.width, plan_b.height, plan_b.prompt.chunk_count,
                               "CPU")

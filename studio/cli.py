@@ -38,7 +38,8 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", choices=["torch", "openvino"],
                    help="OpenVINO backend: run the text encoder in PyTorch on the CPU (default) or compiled with OpenVINO")
     p.add_argument("--chunk-policy")
-    p.add_argument("--lru", type=int)
+    p.add_argument("--lru", type=int, help="compiled variants a compiling backend keeps in memory (default 3); "
+                                            "a setting of this process, not of the image")
     p.add_argument("--noise-source", choices=["cpu", "device"])
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--expansion", choices=["on", "off"])
@@ -158,7 +159,7 @@ def requests_from_args(args, registry=None):
     values: dict = {}
     simple = {"negative": "negative_prompt", "seed": "seed", "seed_mode": "seed_mode", "batch": "batch",
               "steps": "steps", "cfg": "cfg", "sampler": "sampler", "width": "width", "height": "height",
-              "model": "model", "noise_source": "noise_source", "chunk_policy": "chunk_policy", "lru": "lru",
+              "model": "model", "noise_source": "noise_source", "chunk_policy": "chunk_policy",
               "deterministic": "deterministic", "expander": "expander", "expansion_model": "expansion_model",
               "expansion_new_chunk": "expansion_new_chunk", "expanded_prompt": "expanded_prompt"}
     for flag, field in simple.items():
@@ -184,8 +185,12 @@ def requests_from_args(args, registry=None):
 def _config(args):
     from studio.settings import AppConfig
 
+    lru = getattr(args, "lru", None)
+    if lru is not None and not 1 <= lru <= 64:
+        raise StudioError(f"--lru {lru}: keep 1 to 64 compiled variants in memory")
     return AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
-                              allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None))
+                              allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None),
+                              compile_cache_size=getattr(args, "lru", None))
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -302,7 +307,7 @@ def _import_preset(args) -> dict:
     from pydantic import ValidationError
 
     from studio.service import fooocus_metadata, model_name
-    from studio.settings import Preset, build_request, validation_message
+    from studio.settings import Preset, build_request, drop_retired_keys, validation_message
 
     report: dict = {"notes": []}
     sha = None
@@ -334,7 +339,8 @@ def _import_preset(args) -> dict:
             except (KeyError, TypeError):
                 raise StudioError(f"{args.source}: the studio record has no plan") from None
             values.pop("model", None)
-            report["notes"] += notes
+            values, dropped = drop_retired_keys(values)
+            report["notes"] += notes + dropped
         elif fooocus is not None:  # Fooocus's own JSON scheme
             values, sha = fooocus["request"], fooocus["model_sha256"]
             model, notes = model_name(fooocus["model"])

@@ -31,12 +31,14 @@ def check_output_folder(out_dir: Path) -> None:
 
 
 def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:
+    """Write the kept images (Skip may have dropped some), each with its own seed, fingerprint and text."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     saved = []
-    for i, image in enumerate(result.pil_images()):
-        seed = result.plan.seeds[i]
-        data = encode(image, result.plan, i, result.fingerprints[i], result.notes, fmt)
+    for image, index, fingerprint in zip(result.pil_images(), result.kept, result.fingerprints, strict=True):
+        seed = result.plan.seeds[index]
+        data = encode(image, result.plan, index, fingerprint, result.notes, fmt)
         path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
-        saved.append({"path": str(path), "seed": seed, "noise_fingerprint": result.fingerprints[i],
-                      "prompt_final": result.plan.prompt.final_for(i), "width": image.width, "height": image.height})
+        saved.append({"path": str(path), "seed": seed, "noise_fingerprint": fingerprint, "index": index,
+                      "prompt_final": result.plan.prompt.final_for(index), "width": image.width,
+                      "height": image.height})
     return saved

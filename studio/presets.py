@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from studio.errors import StudioError
 from studio.fsutil import atomic_write_bytes
-from studio.settings import PRESET_SCHEMA_VERSION, Preset, validation_message
+from studio.settings import PRESET_SCHEMA_VERSION, Preset, drop_retired_keys, validation_message
 from studio.untrusted import MAX_PRESET_BYTES, parse_json, read_bounded
 
 MAX_BYTES = MAX_PRESET_BYTES
@@ -68,6 +68,12 @@ def parse(text: str | bytes, origin: str = "preset") -> tuple[Preset, list[str]]
         notes.append(f"migrated {origin} from schema_version {version} to {data['schema_version']}; "
                      "save it again to keep the new form")
         version = data["schema_version"]
+    # A retired request key (e.g. `lru`) is dropped, not refused, within the same schema version: it never
+    # changed pixels, and a preset saved without it still opens in an older studio (which had a default).
+    request, dropped = drop_retired_keys(data.get("request"))
+    if dropped:
+        data = {**data, "request": request}
+        notes += [f"{origin}: {note}; save it again to keep the new form" for note in dropped]
     try:
         return Preset.model_validate(data), notes
     except ValidationError as exc:

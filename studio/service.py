@@ -116,11 +116,12 @@ class Studio:
     def open_image(self, path: Path) -> OpenedSettings:
         """An image's settings as a request to run here (model found by name, else by its hash), with notes."""
         from studio import presets
-        from studio.settings import Preset, build_request
+        from studio.settings import Preset, build_request, drop_retired_keys
 
         info = read_image_settings(path)
-        values = dict(info.get("request") or {})
+        values, retired = drop_retired_keys(dict(info.get("request") or {}))
         model, notes = model_name(info.get("model"))
+        notes = retired + notes
         values.pop("model", None)
         sha = info.get("model_sha256")
         notes = list(info.get("notes") or []) + notes

@@ -76,7 +76,6 @@ class GenerationRequest(_Strict):
                                  description="move words after a comma to the next chunk when a chunk fills "
                                              "within this many tokens of it (0 = off)")
     chunk_policy: str = "exact"
-    lru: int = Field(default=3, ge=1, le=64)
 
     @field_validator("sampler")
     @classmethod
@@ -124,6 +123,9 @@ class AppConfig(_Strict):
     output_dir: Path = Path("outputs")
     cache_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/studio")))
     allow_unsafe_pickle: bool = False
+    # How many compiled variants (signatures) a compiling backend keeps in memory. A property of this
+    # process, not of an image: it never changes pixels, so it lives here and not in requests or presets.
+    compile_cache_size: int = Field(default=3, ge=1, le=64)
 
     @classmethod
     def from_env(cls, **overrides) -> "AppConfig":
@@ -134,7 +136,10 @@ class AppConfig(_Strict):
             if os.environ.get(env):
                 values[field] = Path(os.environ[env])
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise StudioError(validation_message(exc)) from None
 
 
 def validation_message(exc: ValidationError) -> str:
@@ -149,6 +154,22 @@ def validation_message(exc: ValidationError) -> str:
             said.add(msg)
             parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+# Request keys older studios wrote that no longer exist, and why each was dropped. A record or preset that
+# carries one still opens: the key is removed before validation and the reader gets the note.
+RETIRED_REQUEST_KEYS = {
+    "lru": "request.lru (the compile cache size) is no longer a generation setting: it never changed the image; "
+           "dropped it (set the size with --lru or AppConfig.compile_cache_size)",
+}
+
+
+def drop_retired_keys(values: dict) -> tuple[dict, list[str]]:
+    """``values`` (a request's fields) without retired keys, and a note for each one dropped."""
+    if not isinstance(values, dict):
+        return values, []
+    found = [k for k in RETIRED_REQUEST_KEYS if k in values]
+    return {k: v for k, v in values.items() if k not in found}, [RETIRED_REQUEST_KEYS[k] for k in found]
 
 
 def is_valid_request(**values) -> bool:

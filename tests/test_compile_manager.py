@@ -60,19 +60,36 @@ def test_another_model_with_the_same_shapes_compiles():
     assert m.activate(a, lambda s: "again")[0] == "A"  # the first model's variant is still cached
 
 
-def test_predict_changes_nothing_even_with_a_smaller_lru():
-    m = CompileManager(capacity=3)
+def test_predict_changes_nothing_and_foresees_the_eviction():
+    m = CompileManager(capacity=2)
     a, b, c = sig(chunks=1), sig(chunks=2), sig(chunks=3)
-    for s in (a, b, c):
+    for s in (a, b):
         m.activate(s, compile_fn)
-    before = (m.cached, dict(m.counters), m.capacity)
-    p = m.predict(a, capacity=1)  # resize(1) keeps c only; compiling a then drops c too
-    assert p.will_compile and p.evicts == f"{b}, {c}"
-    assert m.predict(c, capacity=1).reason == "cached"
-    assert (m.cached, dict(m.counters), m.capacity) == before
-    events = m.resize(1) + m.activate(a, compile_fn)[1]  # what a run with lru 1 does
-    assert [e["signature"] for e in events if e["kind"] == "evict"] == [str(a), str(b), str(c)]
-    assert m.cached == [str(a)]
+    before = (m.cached, dict(m.counters), m.capacity, m.info())
+    p = m.predict(c)
+    assert p.will_compile and p.evicts == str(a)
+    assert m.predict(b).reason == "cached: the variant the last run used" and m.predict(a).reason == "cached"
+    assert (m.cached, dict(m.counters), m.capacity, m.info()) == before
+    events = m.activate(c, compile_fn)[1]
+    assert [e["signature"] for e in events if e["kind"] == "evict"] == [str(a)]
+    assert m.cached == [str(b), str(c)]
+
+
+def test_drop_empties_the_lru_and_the_next_prediction_says_why():
+    m = CompileManager(capacity=3)
+    a, b = sig(chunks=1), sig(chunks=2)
+    m.activate(a, compile_fn)
+    m.activate(b, compile_fn)
+    info = m.info()
+    assert info["cached"] == [str(a), str(b)] and info["in_use"] == str(b) and info["capacity"] == 3
+    assert info["last_compile"]["signature"] == str(b) and info["last_compile"]["seconds"] >= 0
+    assert m.drop() == [str(a), str(b)]
+    assert m.cached == [] and m.info()["in_use"] is None
+    p = m.predict(b)
+    assert p.will_compile and p.reason.startswith("the compile cache was dropped")
+    _, events = m.activate(b, compile_fn)
+    assert [e["kind"] for e in events] == ["compile"] and events[0]["reason"].startswith("the compile cache was dropped")
+    assert not m.predict(b).will_compile
 
 
 def test_padding_is_said_as_padding_not_as_a_crossed_boundary():

@@ -16,13 +16,13 @@ def ov_engine(config):
     """A fresh engine: its own compile LRU, the session's IR cache."""
     from studio.engine.engine import Engine
 
-    return Engine(config)
+    # room for every signature here, unless a test is about eviction
+    return Engine(config.model_copy(update={"compile_cache_size": 16}))
 
 
 def ov(tiny_request, **overrides):
     backend = {"name": "openvino", "device": "CPU", "ov_mode": overrides.pop("mode", "accuracy"),
                "text_encoder": overrides.pop("text_encoder", "torch")}
-    overrides.setdefault("lru", 16)  # room for every signature here, unless a test is about eviction
     return tiny_request(backend=backend, **overrides)
 
 
@@ -78,13 +78,17 @@ def test_resolution_change_is_predicted(ov_engine, tiny_request):
 
 def test_lru_evicts_the_oldest_and_recompiles_it(ov_engine, tiny_request):
     sizes = [(88, 64), (96, 64), (104, 64)]
-    events = [ov_engine.run(ov_engine.plan(ov(tiny_request, width=w, height=h, lru=2))).compile_events
-              for w, h in sizes]
-    assert [e["kind"] for e in events[2]] == ["compile", "evict"]
-    evicted = events[2][1]["signature"]
-    assert ":96x64:" not in evicted  # the most recent before it stays
-    back = ov_engine.plan(ov(tiny_request, width=88, height=64, lru=2))
-    assert back.compile.will_compile and back.compile.reason.startswith("evicted earlier")
+    ov_engine.set_compile_cache_size(2)  # the app's setting (--lru), not a request's
+    try:
+        events = [ov_engine.run(ov_engine.plan(ov(tiny_request, width=w, height=h))).compile_events
+                  for w, h in sizes]
+        assert [e["kind"] for e in events[2]] == ["compile", "evict"]
+        evicted = events[2][1]["signature"]
+        assert ":96x64:" not in evicted  # the most recent before it stays
+        back = ov_engine.plan(ov(tiny_request, width=88, height=64))
+        assert back.compile.will_compile and back.compile.reason.startswith("evicted earlier")
+    finally:
+        ov_engine.set_compile_cache_size(16)
 
 
 def test_pad_policy_compiles_once_for_short_and_long_prompts(ov_engine, tiny_request):

@@ -18,7 +18,7 @@ import pytest
 from studio.repro.environment import cpu_info
 
 def ov(tiny_request, mode, **overrides):
-    return tiny_request(backend={"name": "openvino", "device": "CPU", "ov_mode": mode}, lru=8, seed=21, **overrides)
+    return tiny_request(backend={"name": "openvino", "device": "CPU", "ov_mode": mode}, seed=21, **overrides)
 
 
 def _forced_bf16_compiles_to(core) -> str:
@@ -80,7 +80,8 @@ def new_engine(cache, tmp_path):
     from studio.engine.engine import Engine
     from studio.settings import AppConfig
 
-    return Engine(AppConfig(cache_dir=cache, output_dir=tmp_path / "out", models_dir=tmp_path / "models"))
+    return Engine(AppConfig(cache_dir=cache, output_dir=tmp_path / "out", models_dir=tmp_path / "models",
+                            compile_cache_size=8))
 
 
 FRESH_PROCESS = """

@@ -10,14 +10,52 @@ from studio.errors import StudioError
 from studio.settings import GenerationRequest
 
 StepCallback = Callable[[int, int], None]  # (step done, total steps)
+LatentsCallback = Callable[[int, Any], None]  # (step done, the latents after it: read them, never change them)
 
 
-def guarded_callback(on_step: Optional[StepCallback], steps: int, stopped: Callable[[int], str]):
+def _nothing(*_args) -> None:
+    return None
+
+
+class ImageSkipped(Exception):
+    """Raised from a step callback to end the image in progress (Skip): the engine drops that image and goes
+    on with the rest of the batch. Not a StudioError: it never reaches the user."""
+
+
+@dataclass
+class RunHooks:
+    """What a backend reports while it runs one image. The engine's hooks may raise Stopped (and ``step``
+    ImageSkipped): a backend lets those pass, with nothing written."""
+
+    # A slow stage begins, named for the user ("loading the model", "exporting the model to OpenVINO IR",
+    # "compiling UNet and VAE decoder for 512×512, 2 chunks (…)", "decoding"). Raises Stopped first when Stop
+    # was pressed during the stage before it.
+    stage: Callable[[str], None] = _nothing
+    # A slow stage just ended: raises Stopped if Stop was pressed during it (so a stop takes effect as soon
+    # as an export or a compile ends, not at the next step).
+    check: Callable[[], None] = _nothing
+    # The steps are about to begin (the engine names the image: "image 2 of 4").
+    sampling: Callable[[], None] = _nothing
+    step: Optional[StepCallback] = None
+    latents: Optional[LatentsCallback] = None
+
+
+def as_hooks(on_step: Optional[StepCallback], hooks: Optional[RunHooks]) -> RunHooks:
+    """``hooks``, or hooks that only report steps (a caller of the older ``generate(..., on_step)``)."""
+    if hooks is not None:
+        return hooks
+    return RunHooks(step=on_step)
+
+
+def guarded_callback(on_step, steps: int, stopped: Callable[[int], str]):
     """A diffusers `callback_on_step_end` that reports progress and stops a run whose latents went NaN/inf.
 
     Checked after every step, so a failing UNet is named with its step, and nothing downstream (the VAE,
     the file) ever sees non-finite values. ``stopped(step)`` gives the one-line error for that step.
+    ``on_step`` is a StepCallback or RunHooks (steps, then the latents for a preview, then "decoding" after
+    the last step).
     """
+    hooks = on_step if isinstance(on_step, RunHooks) else RunHooks(step=on_step)
 
     def callback(_pipe, step, _timestep, kwargs):
         import torch
@@ -25,9 +63,14 @@ def guarded_callback(on_step: Optional[StepCallback], steps: int, stopped: Calla
         latents = kwargs.get("latents")
         if latents is not None and not bool(torch.isfinite(latents).all()):
             raise StudioError(stopped(step + 1))
-        if on_step is not None:
-            on_step(step + 1, steps)
-        return kwargs
+        done = step + 1
+        if hooks.step is not None:
+            hooks.step(done, steps)  # may end the run (Stop) or the image (Skip) here, between steps
+        if hooks.latents is not None and latents is not None:
+            hooks.latents(done, latents)
+        if done == steps:
+            hooks.stage("decoding")
+        return kwargs  # the latents go on untouched: a preview only reads them
 
     return callback
 
@@ -42,6 +85,7 @@ class BackendOutput:
     images: Any  # numpy float32, N×H×W×3, values 0..1, before 8-bit quantisation
     compile_events: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    skipped: bool = False  # Skip ended this image: ``images`` is None, the events and notes still hold
 
 
 class Backend(Protocol):
@@ -58,5 +102,11 @@ class Backend(Protocol):
         """For a compiling backend: will this request compile, and why. None for eager backends."""
 
     def generate(self, plan: Plan, load_pipeline: Callable[[], Any], latents, generators,
-                 on_step: Optional[StepCallback] = None) -> BackendOutput:
-        """Run the plan from the given initial latents; per-step noise comes from ``generators``."""
+                 on_step: Optional[StepCallback] = None, hooks: Optional[RunHooks] = None) -> BackendOutput:
+        """Run the plan from the given initial latents; per-step noise comes from ``generators``.
+
+        ``hooks`` (see RunHooks) gets the slow stages as they begin, each step and its latents; when given,
+        it replaces ``on_step``. An ImageSkipped from a step ends the image: the output says ``skipped``.
+        """
+
+    # Optional, for a backend that compiles: compile_cache_info() -> dict and drop_compile_cache() -> dict.

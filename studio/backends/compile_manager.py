@@ -61,7 +61,8 @@ def describe_change(old: Optional[Signature], new: Signature) -> str:
 
 
 class CompileManager:
-    """The LRU of compiled variants. `predict` only reads (planning is pure); `activate` and `resize` change it.
+    """The LRU of compiled variants. `predict` and `info` only read (planning is pure); `activate`, `resize`
+    and `drop` change it.
 
     The engine runs one job at a time, but plans are previewed while a job runs, so reads and changes
     each hold a short lock (never across a compile).
@@ -70,7 +71,9 @@ class CompileManager:
     def __init__(self, capacity: int = 3):
         self._lru: OrderedDict[Signature, Any] = OrderedDict()
         self._evicted: set[Signature] = set()
+        self._dropped: set[Signature] = set()
         self._last: Optional[Signature] = None
+        self._last_compile: Optional[dict] = None
         self._lock = threading.Lock()
         self.capacity = capacity
         self.counters = {"compiles": 0, "hits": 0, "evictions": 0}
@@ -82,23 +85,32 @@ class CompileManager:
             return [str(s) for s in self._lru]
 
     def _reason(self, sig: Signature) -> str:
+        if sig in self._dropped:
+            return "the compile cache was dropped: " + describe_change(self._last, sig)
         if sig in self._evicted:
             return f"evicted earlier (LRU holds {self.capacity}): " + describe_change(self._last, sig)
         return describe_change(self._last, sig)
 
-    def predict(self, sig: Signature, capacity: Optional[int] = None) -> CompilePlan:
-        """What `activate(sig)` would do after `resize(capacity)`, without changing anything."""
-        capacity = self.capacity if capacity is None else capacity
+    def predict(self, sig: Signature) -> CompilePlan:
+        """What `activate(sig)` would do, without changing anything."""
         with self._lock:
             held = list(self._lru)
-            kept = held[max(len(held) - capacity, 0):]  # what resize(capacity) keeps
-            if sig in kept:
-                return CompilePlan(signature=str(sig), will_compile=False, reason="cached")
-            dropped = [s for s in held if s not in kept and s != sig]
-            if len(kept) >= capacity:
-                dropped.append(kept[0])
+            if sig in held:
+                reason = "cached: the variant the last run used" if sig == self._last else "cached"
+                return CompilePlan(signature=str(sig), will_compile=False, reason=reason)
+            # A compile adds one and then trims to capacity, oldest first.
+            over = len(held) + 1 - self.capacity
+            dropped = held[:max(over, 0)]
             return CompilePlan(signature=str(sig), will_compile=True, reason=self._reason(sig),
                                evicts=", ".join(str(s) for s in dropped) or None)
+
+    def info(self) -> dict:
+        """What the compile-cache panel shows: the variants held (oldest first), the one in use, the size,
+        the last compile and the counters."""
+        with self._lock:
+            return {"cached": [str(s) for s in self._lru], "in_use": str(self._last) if self._last in self._lru else None,
+                    "capacity": self.capacity, "last_compile": dict(self._last_compile) if self._last_compile else None,
+                    "counters": dict(self.counters)}
 
     def activate(self, sig: Signature, compile_fn: Callable[[Signature], Any]) -> tuple[Any, list[dict]]:
         """The compiled variant for ``sig`` (compiling it if needed) and the events that took place."""
@@ -116,12 +128,15 @@ class CompileManager:
         with self._lock:
             self._lru[sig] = compiled
             self._evicted.discard(sig)
+            self._dropped.discard(sig)
             self._last = sig
+            self._last_compile = {"signature": str(sig), "seconds": round(seconds, 4), "reason": reason}
             self.counters["compiles"] += 1
         return compiled, events + self.resize(self.capacity)
 
     def resize(self, capacity: int) -> list[dict]:
-        """Set the LRU size; evicts the oldest variants beyond it (a compile also calls this)."""
+        """Set the LRU size; evicts the oldest variants beyond it (a compile also calls this). Never called
+        by planning: the size is the app's setting (AppConfig.compile_cache_size), not a request's."""
         events = []
         with self._lock:
             self.capacity = capacity
@@ -132,3 +147,11 @@ class CompileManager:
                 events.append({"kind": "evict", "signature": str(old), "reason": f"LRU holds {capacity}",
                                "seconds": 0.0})
         return events
+
+    def drop(self) -> list[str]:
+        """Empty the LRU (the compiled models are released once no run holds them); the signatures dropped."""
+        with self._lock:
+            dropped = list(self._lru)
+            self._lru.clear()
+            self._dropped.update(dropped)
+            return [str(s) for s in dropped]

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from studio.backends.base import BackendOutput, StepCallback, guarded_callback, non_finite
+from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
+                                  non_finite)
 from studio.backends.blob_cache import BlobCache
 from studio.backends.compile_manager import CompileManager, Signature
 from studio.engine import precision
@@ -108,10 +109,10 @@ class OVTextEncoder:
 class OpenVINOBackend:
     name = "openvino"
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, compile_cache_size: int = 3):
         self.cache_dir = Path(cache_dir)
         self.blobs = BlobCache(self.cache_dir / "openvino" / "compiled")
-        self.manager = CompileManager()
+        self.manager = CompileManager(compile_cache_size)
         self._core = None
         self._loaded: Optional[tuple[tuple, Loaded]] = None  # one model at a time
 
@@ -202,7 +203,7 @@ class OpenVINOBackend:
 
     def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None):
         return self.manager.predict(self.signature(request, model, width, height, chunks,
-                                                   self._device(request.backend.device), prompt_chunks), request.lru)
+                                                   self._device(request.backend.device), prompt_chunks))
 
     # -- export / load -----------------------------------------------------------------------------
     def _ir_dir(self, sha256: str) -> Path:
@@ -212,7 +213,7 @@ class OpenVINOBackend:
         tag = f"{sha256[:16]}-ov{openvino.__version__.split('-')[0]}-oi{version('optimum-intel')}"
         return self.cache_dir / "openvino" / "ir" / re.sub(r"[^A-Za-z0-9._-]", "_", tag)
 
-    def _load(self, plan: Plan, load_torch) -> Loaded:
+    def _load(self, plan: Plan, load_torch, hooks: RunHooks) -> Loaded:
         key = (plan.model.sha256, tuple(sorted(plan.backend.precision.items())))
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
@@ -223,12 +224,14 @@ class OpenVINOBackend:
         torch_pipe = load_torch()
         ir = self._ir_dir(plan.model.sha256)
         if not (ir / "model_index.json").is_file():
+            hooks.stage("exporting the model to OpenVINO IR")
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as src, atomic_dir(ir) as out, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporter's tracer chatter is not the user's business
                 torch_pipe.save_pretrained(src, safe_serialization=True)
                 cls.from_pretrained(src, export=True, compile=False).save_pretrained(out)
             load_note = f"openvino: exported the model to IR in {time.perf_counter() - start:.1f} s"
+            hooks.check()  # the IR is complete on disk (atomic_dir): a Stop pressed meanwhile ends the run now
         else:
             load_note = "openvino: IR loaded from cache (no export)"
         # No CACHE_DIR here: studio compiles every part itself, each through its own key's blob folder.
@@ -274,7 +277,7 @@ class OpenVINOBackend:
         vae.reshape({port: [1, port.get_partial_shape()[1].get_length(), height // scale, width // scale]})
         return vae
 
-    def _guard_vae(self, loaded: Loaded, plan: Plan, compiled: dict) -> list[str]:
+    def _guard_vae(self, loaded: Loaded, plan: Plan, compiled: dict, hooks: RunHooks) -> list[str]:
         """Make the pipeline's VAE decode fall back to an fp32 (accuracy-mode) decoder when a performance-mode
         decode gives NaN/inf or a flat image, as the torch backend's VAE guard does; returns a list that
         receives a note each time the fallback ran."""
@@ -290,6 +293,8 @@ class OpenVINOBackend:
                 return out
             key = (plan.backend.device, plan.width, plan.height)
             if key not in loaded.fp32_vae:
+                hooks.stage(f"compiling the VAE decoder in fp32 for {plan.width}×{plan.height} (the performance-mode "
+                            "decode gave NaN or a flat image)")
                 models, _ = self._compile_models({"VAE": self._vae_model(loaded.ov_pipe, plan.width, plan.height)},
                                                  plan.backend.device, "accuracy", plan.model.sha256)
                 loaded.fp32_vae[key] = models["VAE"]
@@ -306,13 +311,16 @@ class OpenVINOBackend:
         vae.decode = decode_guarded
         return upcasts
 
-    def _text_side(self, loaded: Loaded, plan: Plan) -> tuple[TextSide, list[str]]:
+    def _text_side(self, loaded: Loaded, plan: Plan, hooks: RunHooks) -> tuple[TextSide, list[str]]:
         """The text encoders this plan asks for, compiled on first use per device and mode."""
         if plan.backend.text_encoder != "openvino":
             return loaded.text, []
         key = (plan.backend.device, plan.backend.mode)
         if key in loaded.ov_text:
             return loaded.ov_text[key], []
+        two = getattr(loaded.ov_pipe, "text_encoder_2", None) is not None
+        hooks.stage(f"compiling the text encoder{'s' * two} for 77-token chunks "
+                    f"({plan.backend.mode} mode on {plan.backend.device})")
         start = time.perf_counter()
         side = TextSide(tokenizer=loaded.text.tokenizer, text_encoder=None, config=loaded.text.config)
         models = {}
@@ -329,16 +337,33 @@ class OpenVINOBackend:
         if hasattr(loaded.text, "tokenizer_2"):
             side.tokenizer_2 = loaded.text.tokenizer_2
         loaded.ov_text[key] = side
+        hooks.check()
         return side, notes + [f"openvino: text encoder compiled in {time.perf_counter() - start:.1f} s"]
 
     # -- run -----------------------------------------------------------------------------------------
-    def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
-        loaded = self._load(plan, load_pipeline)
+    @staticmethod
+    def compile_stage(sig: Signature) -> str:
+        """The stage's name for the user: what is compiled, for what size and prompt length, how."""
+        chunks = f"{sig.chunks} chunk{'s' * (sig.chunks > 1)}"
+        return (f"compiling UNet and VAE decoder for {sig.width}×{sig.height}, {chunks} "
+                f"({sig.mode} mode on {sig.device})")
+
+    def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
+                 hooks: Optional[RunHooks] = None):
+        hooks = as_hooks(on_step, hooks)
+        loaded = self._load(plan, load_pipeline, hooks)
         request = plan.request
-        self.manager.resize(request.lru)
         sig = self.signature(request, plan.model.short_hash, plan.width, plan.height, plan.prompt.chunk_count,
                              plan.backend.device, plan.prompt.own_chunks)
-        compiled, events = self.manager.activate(sig, lambda s: self._compile(loaded.ov_pipe, s, plan.model.sha256))
+
+        def compile_variant(s: Signature) -> dict:
+            hooks.stage(self.compile_stage(s))
+            return self._compile(loaded.ov_pipe, s, plan.model.sha256)
+
+        compiled, events = self.manager.activate(sig, compile_variant)
+        # A Stop pressed during the compile ends the run now; the variant stays in the LRU (and its blob on
+        # disk), so the next run of this signature does not compile again.
+        hooks.check()
         loaded.ov_pipe.unet.request = compiled["unet"]
         loaded.ov_pipe.vae_decoder.request = compiled["vae_decoder"]
         compiled_now = any(e["kind"] == "compile" for e in events)
@@ -348,27 +373,63 @@ class OpenVINOBackend:
             if event["kind"] == "compile":
                 event["from_cache"] = compiled["from_cache"]
         p = plan.prompt
-        text_side, text_notes = self._text_side(loaded, plan)
+        text_side, text_notes = self._text_side(loaded, plan, hooks)
         cond = encode(text_side, p.prompt_final, p.negative, p.chunk_count, request.clip_skip,
                       request.comma_backtrack)
         pipe = loaded.ov_pipe
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), loaded.scheduler_config, generators[0])
-        upcasts = self._guard_vae(loaded, plan, compiled)
+        upcasts = self._guard_vae(loaded, plan, compiled, hooks)
         ran = f"{compiled['precision']}, {request.backend.ov_mode} mode on {plan.backend.device}"
         fix = ("use accuracy mode (--ov-mode accuracy: fp32)" if request.backend.ov_mode != "accuracy" else
                "the model's weights or the prompt's weights give values out of range; compare with "
                "--against torch; if only OpenVINO fails, delete openvino/compiled in studio's cache folder")
-        out = pipe(**cond.pipeline_kwargs(), num_inference_steps=request.steps, guidance_scale=request.cfg,
-                   width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
-                   generator=generators, output_type="np",
-                   callback_on_step_end=guarded_callback(
-                       on_step, request.steps,
-                       lambda step: non_finite("UNet", f"at step {step} of {request.steps}", ran, fix)))
         notes = [n for n in (loaded.load_note, *text_notes) if n]
         notes += compiled["notes"] if compiled_now else []
-        notes += upcasts
         loaded.load_note = None
+        hooks.sampling()
+        try:
+            out = pipe(**cond.pipeline_kwargs(), num_inference_steps=request.steps, guidance_scale=request.cfg,
+                       width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
+                       generator=generators, output_type="np",
+                       callback_on_step_end=guarded_callback(
+                           hooks, request.steps,
+                           lambda step: non_finite("UNet", f"at step {step} of {request.steps}", ran, fix)))
+        except ImageSkipped:
+            # What this image compiled stays cached and is still reported; the image itself is dropped.
+            return BackendOutput(images=None, compile_events=events, notes=notes, skipped=True)
+        notes += upcasts
         compiled_parts = "text encoder, UNet and VAE" if plan.backend.text_encoder == "openvino" else "UNet and VAE"
         notes.append(f"openvino: {compiled_parts} ran in {compiled['precision']} "
                      f"({request.backend.ov_mode} mode on {plan.backend.device})")
         return BackendOutput(images=out.images, compile_events=events, notes=notes)
+
+    # -- the compile cache panel -----------------------------------------------------------------------
+    def compile_cache_info(self) -> dict:
+        """The in-memory variants (oldest first), the one in use, the size, the last compile; read only."""
+        info = self.manager.info()
+        loaded = self._loaded[1] if self._loaded is not None else None
+        info["text_encoders"] = [f"{device}:{mode}" for device, mode in (loaded.ov_text if loaded else {})]
+        info["blob_cache"] = str(self.blobs.root)
+        return info
+
+    def drop_compile_cache(self, disk: bool = False) -> dict:
+        """Release every compiled model this backend holds: the LRU's variants, the compiled text encoders and
+        fp32 VAE fallbacks, and the pipeline's references to them (so the memory is freed). The exported IR
+        stays. With ``disk``, the compiled-blob cache on disk is removed too; without it a later compile of a
+        dropped signature is still a compile (and is said so) but reads its blob back instead of compiling
+        from scratch. The engine calls this only between runs."""
+        dropped = self.manager.drop()
+        texts = []
+        if self._loaded is not None:
+            loaded = self._loaded[1]
+            texts = [f"{device}:{mode}" for device, mode in loaded.ov_text]
+            loaded.ov_text.clear()
+            loaded.fp32_vae.clear()
+            for part in (loaded.ov_pipe.unet, loaded.ov_pipe.vae_decoder):
+                part.request = None  # the next run sets the variant it activates
+        removed_disk = False
+        if disk and self.blobs.root.is_dir():
+            shutil.rmtree(self.blobs.root, ignore_errors=True)
+            self.blobs = BlobCache(self.blobs.root)  # forget the blobs this process had checked
+            removed_disk = True
+        return {"dropped": dropped, "text_encoders": texts, "disk": removed_disk}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
-from studio.backends.base import BackendOutput, StepCallback, guarded_callback, non_finite
+from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
+                                  non_finite)
 from studio.engine import determinism, precision
 from studio.engine.plan import Plan, ResolvedBackend
 from studio.engine.samplers import make_scheduler, sampler_spec
@@ -108,27 +109,36 @@ class TorchBackend:
 
         return message
 
-    def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None):
+    def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
+                 hooks: Optional[RunHooks] = None):
         import sys
 
+        hooks = as_hooks(on_step, hooks)
         pipe = self._pipeline(plan, load_pipeline)
+        hooks.check()  # a Stop pressed while the model loaded ends the run here
         request = plan.request
         determinism.apply(request.deterministic)
         upcasts_before = getattr(pipe.vae, "_studio_upcasts", 0)
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe._studio_scheduler_config, generators[0])
         pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
-        out = pipe(
-            **self._conditioning(pipe, plan).pipeline_kwargs(),
-            num_inference_steps=request.steps,
-            guidance_scale=request.cfg,
-            width=plan.width,
-            height=plan.height,
-            num_images_per_prompt=len(generators),
-            latents=latents,  # fp32: the scheduler's arithmetic stays fp32 whatever the UNet runs in
-            generator=generators,
-            output_type="np",
-            callback_on_step_end=guarded_callback(on_step, request.steps, self._unet_failed(plan)),
-        )
+        conditioning = self._conditioning(pipe, plan).pipeline_kwargs()
+        hooks.sampling()
+        try:
+            out = pipe(
+                **conditioning,
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg,
+                width=plan.width,
+                height=plan.height,
+                num_images_per_prompt=len(generators),
+                latents=latents,  # fp32: the scheduler's arithmetic stays fp32 whatever the UNet runs in
+                generator=generators,
+                output_type="np",
+                callback_on_step_end=guarded_callback(hooks, request.steps, self._unet_failed(plan)),
+            )
+        except ImageSkipped:
+            # The pipeline holds nothing of the ended run: the next image sets its scheduler and latents afresh.
+            return BackendOutput(images=None, skipped=True)
         notes = []
         if getattr(pipe.vae, "_studio_upcasts", 0) > upcasts_before:
             notes.append(f"vae_upcast: the {plan.backend.precision['vae']} VAE decode gave NaN or a flat image; "

@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from studio import __version__
-from studio.backends.base import Backend, StepCallback
+from studio.backends.base import Backend, ImageSkipped, RunHooks, StepCallback
 from studio.engine import determinism, noise
 from studio.engine.plan import ModelInfo, NoisePlan, Plan, PromptPlan
 from studio.engine.samplers import sampler_spec, split_alias
@@ -25,11 +25,24 @@ from studio.settings import AppConfig, GenerationRequest
 @dataclass
 class Result:
     plan: Plan
-    images: Any  # numpy float32 N×H×W×3 in 0..1, before 8-bit quantisation
-    fingerprints: list[str]
+    images: Any  # numpy float32 N×H×W×3 in 0..1, before 8-bit quantisation: the kept images only
+    fingerprints: list[str]  # one per kept image
     timings: dict
     compile_events: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what happened that the plan did not say (e.g. a VAE upcast)
+    # The plan's image indices the images are of (images[j] is image kept[j] of the batch, with seed
+    # plan.seeds[kept[j]]); all of them unless Skip dropped some.
+    kept: list[int] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # {"index", "seed", "after_step"} for each dropped image
+
+    def __post_init__(self):
+        if not self.kept and self.images is not None:
+            self.kept = list(range(len(self.images)))
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each kept image."""
+        return [self.plan.seeds[i] for i in self.kept]
 
     def pil_images(self):
         from PIL import Image
@@ -41,6 +54,14 @@ class Stopped(StudioError):
     """The user pressed Stop."""
 
 
+class AllSkipped(Stopped):
+    """Skip dropped every image of the batch: there is nothing to save."""
+
+
+StageCallback = Callable[[str], None]  # a slow stage begins: its name, for the user
+PreviewCallback = Callable[[int, int, Any], None]  # (image index in the batch, step done, small PIL image)
+
+
 def _stoppable(on_step: Optional[StepCallback], stop: threading.Event) -> StepCallback:
     def callback(done: int, total: int) -> None:
         if on_step is not None:
@@ -49,6 +70,34 @@ def _stoppable(on_step: Optional[StepCallback], stop: threading.Event) -> StepCa
             raise Stopped(f"stopped after step {done} of {total}; nothing was saved")
 
     return callback
+
+
+# What a Stop pressed during a stage leaves behind, said when the run ends after that stage.
+_LEFT_BEHIND = (("exporting", " (the exported IR is complete and stays cached on disk)"),
+                ("compiling", " (the compiled variant stays in the compile cache: the next run uses it)"))
+
+
+class _Stages:
+    """Names each slow stage as it begins, and turns a Stop pressed during one into Stopped when it ends."""
+
+    def __init__(self, on_stage: Optional[StageCallback], stop: Optional[threading.Event]):
+        self.on_stage, self.stop = on_stage, stop
+        self.current: Optional[str] = None
+
+    def check(self) -> None:
+        if self.stop is None or not self.stop.is_set():
+            return
+        if self.current is None:
+            raise Stopped("stopped before the run began; nothing was saved")
+        left = next((text for word, text in _LEFT_BEHIND if self.current.startswith(word)), "")
+        what = "the last step of " + self.current if self.current.startswith("image ") else self.current
+        raise Stopped(f"stopped after {what}{left}; nothing was saved")
+
+    def begin(self, name: str) -> None:
+        self.check()
+        self.current = name
+        if self.on_stage is not None:
+            self.on_stage(name)
 
 
 class Engine:
@@ -72,7 +121,7 @@ class Engine:
             elif name == "openvino":
                 from studio.backends.openvino_backend import OpenVINOBackend
 
-                self._backends[name] = OpenVINOBackend(self.config.cache_dir)
+                self._backends[name] = OpenVINOBackend(self.config.cache_dir, self.config.compile_cache_size)
             else:
                 raise StudioError(f"unknown backend {name!r}; use torch or openvino")
         return self._backends[name]
@@ -194,22 +243,42 @@ class Engine:
         return request.model_copy(update={"seed": None})  # random: drawn anew by the next plan
 
     # -- plan → images ---------------------------------------------------------------------------
-    def run(self, plan: Plan, on_step: Optional[StepCallback] = None,
-            stop: Optional[threading.Event] = None) -> Result:
+    def run(self, plan: Plan, on_step: Optional[StepCallback] = None, stop: Optional[threading.Event] = None, *,
+            on_stage: Optional[StageCallback] = None, skip: Optional[threading.Event] = None,
+            on_preview: Optional[PreviewCallback] = None, preview_every: int = 0) -> Result:
         """The images of ``plan``; a run waits for the one before it, so no two share a pipeline.
 
-        Setting ``stop`` ends the run after the step in progress with ``Stopped``; nothing is returned
-        to save, and the next run starts from nothing the stopped one left (each run sets up its scheduler
-        and draws its noise afresh).
+        ``on_step(done, total)`` counts the steps of the whole batch. ``on_stage(name)`` is told each slow stage
+        as it begins: "loading the model", "exporting the model to OpenVINO IR", "compiling UNet and VAE
+        decoder for 512×512, 2 chunks (accuracy mode on CPU)", "compiling the text encoder …", "image 2 of 4"
+        (its steps begin), "decoding".
+
+        Setting ``stop`` ends the run with ``Stopped`` after the step in progress, or, during an export or
+        a compile, as soon as that ends (what it made stays cached; the message says so); nothing is
+        returned to save, and the next run starts from nothing the stopped one left (each run sets up its
+        scheduler and draws its noise afresh).
+
+        Setting ``skip`` ends the image in progress after its current step (or drops it if it is decoding),
+        clears ``skip`` and goes on with the next image; the Result holds the images kept (``kept``, their
+        seeds and fingerprints) and says which were ``skipped``. Skipping every image raises ``AllSkipped``
+        (a ``Stopped``): nothing to save.
+
+        ``on_preview(index, step, image)`` gets a small RGB image of image ``index``'s latents every
+        ``preview_every`` steps (0: off), made by a fixed linear map (engine/preview.py). It only reads the
+        latents: the images are the same bit for bit with previews on or off.
         """
+        if preview_every < 0:
+            raise StudioError("preview_every must be 0 (off) or a number of steps")
         if stop is not None:
             on_step = _stoppable(on_step, stop)
         with self._run_lock:
             if stop is not None and stop.is_set():
                 raise Stopped("stopped before the run began; nothing was saved")
-            return self._run(plan, on_step)
+            return self._run(plan, on_step, _Stages(on_stage, stop), skip,
+                             on_preview if preview_every else None, preview_every)
 
-    def _run(self, plan: Plan, on_step: Optional[StepCallback]) -> Result:
+    def _run(self, plan: Plan, on_step: Optional[StepCallback], stages: _Stages,
+             skip: Optional[threading.Event], on_preview: Optional[PreviewCallback], preview_every: int) -> Result:
         start = time.perf_counter()
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
         # on the generators' device; the pipeline moves them to where it runs
@@ -220,6 +289,7 @@ class Engine:
 
         def load():
             nonlocal load_s
+            stages.begin("loading the model")
             t = time.perf_counter()
             # A fresh CPU fp32 copy each time a backend asks: backends cache what they prepared
             # (moved, cast, compiled), and a cast must never leak into another precision's run.
@@ -229,14 +299,38 @@ class Engine:
 
         # Images run one at a time: batched matmuls round differently from single ones (~1e-6 on
         # CPU BLAS), which would make image i of a batch differ from the same seed run alone.
-        outputs = []
-        steps = plan.request.steps
+        outputs, kept, skipped = [], [], []
+        steps, count = plan.request.steps, len(generators)
+        steps_done = 0
         for i, generator in enumerate(generators):
-            step_cb = None if on_step is None else (lambda s, _n, i=i: on_step(i * steps + s, steps * len(generators)))
-            outputs.append(backend.generate(plan.for_image(i), load, latents[i : i + 1], [generator], step_cb))
-        images = np.concatenate([o.images for o in outputs])
+            last_step = 0
+
+            def step(done, _total, i=i):
+                nonlocal last_step, steps_done
+                last_step = done
+                steps_done += 1
+                if on_step is not None:
+                    on_step(i * steps + done, steps * count)
+                if skip is not None and skip.is_set():
+                    raise ImageSkipped()
+
+            hooks = RunHooks(stage=stages.begin, check=stages.check,
+                             sampling=lambda i=i: stages.begin(f"image {i + 1} of {count}"), step=step,
+                             latents=self._previewer(plan, i, on_preview, preview_every))
+            out = backend.generate(plan.for_image(i), load, latents[i: i + 1], [generator], hooks=hooks)
+            outputs.append(out)
+            # A Skip pressed while the image decoded drops it too: it was the image in progress.
+            if out.skipped or (skip is not None and skip.is_set()):
+                if skip is not None:
+                    skip.clear()
+                skipped.append({"index": i, "seed": plan.seeds[i], "after_step": last_step})
+            else:
+                kept.append(i)
+        if not kept:
+            raise AllSkipped(f"every image of the batch ({count}) was skipped; nothing was saved")
+        images = np.concatenate([outputs[i].images for i in kept])
         if not np.isfinite(images).all():  # the last line of defence: backends stop earlier, naming the step
-            bad = next(i for i, o in enumerate(outputs) if not np.isfinite(o.images).all())
+            bad = next(i for i in kept if not np.isfinite(outputs[i].images).all())
             vae = plan.backend.precision.get("vae")
             fix = ("run the VAE in fp32 (--dtype vae=fp32, or OpenVINO accuracy mode)" if vae != "fp32" else
                    "the VAE's weights give values out of range: check the model file (or its VAE)")
@@ -250,7 +344,67 @@ class Engine:
             "total_s": round(total, 4),
             "load_s": round(load_s, 4),
             "compile_s": round(compile_s, 4),
-            "steps_per_s": round(steps * len(generators) / max(total - compile_s - load_s, 1e-9), 4),
+            "steps_per_s": round(steps_done / max(total - compile_s - load_s, 1e-9), 4),
         }
-        return Result(plan=plan, images=images, fingerprints=fingerprints, timings=timings,
-                      compile_events=compile_events, notes=notes)
+        return Result(plan=plan, images=images, fingerprints=[fingerprints[i] for i in kept], timings=timings,
+                      compile_events=compile_events, notes=notes, kept=kept, skipped=skipped)
+
+    @staticmethod
+    def _previewer(plan: Plan, index: int, on_preview: Optional[PreviewCallback], every: int):
+        """The latents hook that makes image ``index``'s preview every ``every`` steps; None when off."""
+        if on_preview is None:
+            return None
+        from studio.engine.preview import latents_to_image
+
+        def latents_hook(done: int, latents) -> None:
+            if done % every == 0:
+                on_preview(index, done, latents_to_image(latents, plan.model.family))
+
+        return latents_hook
+
+    # -- devices and the compile cache (the Advanced tab) ------------------------------------------
+    def available_devices(self, backend_name: str):
+        """The devices ``backend_name`` can run on here (see backends/devices.py); never raises for a
+        missing library: the list is then short and its ``reason`` says why."""
+        from studio.backends.devices import available_devices
+
+        return available_devices(backend_name)
+
+    COMPILING_BACKENDS = ("openvino",)
+
+    def compile_cache_info(self) -> dict:
+        """Per compiling backend: the cached signatures (oldest first), the one in use, the capacity, the last
+        compile (signature, seconds, reason) and counters. Reads only; a backend not used yet shows empty."""
+        out = {}
+        for name in self.COMPILING_BACKENDS:
+            backend = self._backends.get(name)
+            if backend is None:
+                out[name] = {"cached": [], "in_use": None, "capacity": self.config.compile_cache_size,
+                             "last_compile": None, "counters": {"compiles": 0, "hits": 0, "evictions": 0},
+                             "text_encoders": []}
+            else:
+                out[name] = backend.compile_cache_info()
+        return out
+
+    def drop_compile_cache(self, disk: bool = False) -> dict:
+        """Empty every compile cache in memory (see OpenVINOBackend.drop_compile_cache); with ``disk``, the
+        compiled-blob cache on disk too. Refused while a run is in progress (it holds compiled models)."""
+        if not self._run_lock.acquire(blocking=False):
+            raise StudioError("a run is in progress: drop the compile cache when it ends (or press Stop first)")
+        try:
+            return {name: backend.drop_compile_cache(disk=disk) for name, backend in self._backends.items()
+                    if hasattr(backend, "drop_compile_cache")}
+        finally:
+            self._run_lock.release()
+
+    def set_compile_cache_size(self, size: int) -> list[dict]:
+        """Change how many compiled variants are kept (the app's setting, never a plan's); evicts the oldest
+        beyond it and returns those evict events."""
+        if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= 64:
+            raise StudioError(f"compile cache size {size!r}: keep 1 to 64 compiled variants")
+        self.config = self.config.model_copy(update={"compile_cache_size": size})
+        events = []
+        for backend in self._backends.values():
+            if hasattr(backend, "manager"):
+                events += backend.manager.resize(size)
+        return events
