@@ -9,7 +9,8 @@ def controls(**overrides):
     values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
                   steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
                   deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
-                  backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact")
+                  backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact",
+                  clip_skip=1)
     values.update(overrides)
     return [values[name] for name in CONTROL_ORDER]
 
@@ -18,7 +19,7 @@ def test_generate_through_the_server(server, config):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    gallery, error, info, next_seed = client.predict(*controls(), api_name="/generate")
+    gallery, error, info, next_seed = client.predict(*controls(), api_name="/generate")[:4]
     assert error == ""
     assert len(gallery) == 2
     assert "`321`" in info and "`322`" in info
@@ -31,7 +32,7 @@ def test_bad_input_is_a_visible_message(server):
     from gradio_client import Client
 
     client = Client(server, verbose=False)
-    _, error, _, _ = client.predict(*controls(width=65), api_name="/generate")
+    _, error, _, _ = client.predict(*controls(width=65), api_name="/generate")[:4]
     assert "error: width: 65 must be a multiple of 8" in error
 
 
@@ -151,7 +152,7 @@ def test_a_batch_preset_replays_its_expanded_texts(server, tmp_path):
     values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
     assert out[len(CONTROL_ORDER)] == ""
     assert values["prompt"] == "a cat" and values["expansion"] is True and values["batch"] == 2
-    _, error, info, _ = client.predict(*[values[n] for n in CONTROL_ORDER], api_name="/generate")
+    _, error, info, _ = client.predict(*[values[n] for n in CONTROL_ORDER], api_name="/generate")[:4]
     assert error == ""
     assert "`3` expanded prompt: a cat, first words" in info and "`4` expanded prompt: a cat, second words" in info
     # another seed: the stored texts no longer belong to the settings, expansion runs anew
@@ -214,7 +215,7 @@ def test_queued_jobs_at_once_each_equal_their_seed_run_alone(server, engine, con
     jobs = [client.submit(*controls(seed=900 + i, batch=1, sampler=s, seed_mode="fixed"), api_name="/generate")
             for i, (client, s) in enumerate(zip(clients, samplers))]
     for i, (job, sampler) in enumerate(zip(jobs, samplers)):
-        _, error, info, _ = job.result(timeout=300)
+        _, error, info, _ = job.result(timeout=300)[:4]
         assert error == "", error
         seed, shown = re.search(r"`(\d+)` · noise `\w+` · (\S+\.png)", info).groups()
         assert int(seed) == 900 + i and not shown.startswith("/")  # relative to the output folder

@@ -6,6 +6,11 @@ from studio.engine.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend
 from studio.settings import GenerationRequest
 
 
+def _fix(what: str, app: str, cli: str) -> str:
+    """A fix a user can act on in either front end: the app's tab and control, and the CLI flag."""
+    return f"{what} (app: {app}; CLI: {cli})"
+
+
 def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInfo, prompt: PromptPlan,
            noise: NoisePlan) -> list[Risk]:
     risks: list[Risk] = []
@@ -15,48 +20,54 @@ def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInf
             code="device_noise",
             why=f"noise is drawn on the execution device ({noise.generator_device} here){via}: other GPUs and "
                 "drivers draw other numbers for the same seed",
-            fix="use noise source cpu (--noise-source cpu, or the sampler name without -gpu)",
+            fix=_fix("draw the noise on the CPU", "Setting › Noise drawn on: cpu, and a sampler without -gpu",
+                     "--noise-source cpu, a --sampler without -gpu"),
         ))
     # OpenVINO's compiled parts take their precision from the mode, not from --dtype (which it refuses).
     by_mode = backend.name == "openvino"
-    mode_fix = "use OpenVINO accuracy mode (--ov-mode accuracy; in the app, OpenVINO mode: accuracy), which runs fp32"
+    mode_fix = _fix("use OpenVINO accuracy mode, which runs fp32", "Advanced › OpenVINO mode: accuracy",
+                    "--ov-mode accuracy")
     if backend.precision.get("vae") != "fp32":
         risks.append(Risk(
             code="vae_not_fp32",
             why=f"the VAE runs in {backend.precision.get('vae')}: colours drift and can wash out or turn black (NaN)",
-            fix=mode_fix if by_mode else "run the VAE in fp32 (--dtype vae=fp32; in the app, Precision: VAE fp32)",
+            fix=mode_fix if by_mode else _fix("run the VAE in fp32", "Advanced › VAE precision: fp32",
+                                              "--dtype vae=fp32"),
         ))
     low = sorted(c for c, d in backend.precision.items() if d != "fp32" and c != "vae")
     if low:
         risks.append(Risk(
             code="reduced_precision",
             why=f"{', '.join(low)} run below fp32: results drift between CPU and GPU architectures",
-            fix=mode_fix if by_mode else "use fp32 (--dtype unet=fp32 --dtype text=fp32; in the app, Precision: "
-                                         "fp32) for cross-machine reproduction",
+            fix=mode_fix if by_mode else _fix("use fp32 for cross-machine reproduction",
+                                              "Advanced › UNet and Text encoder precision: fp32",
+                                              "--dtype unet=fp32 --dtype text=fp32"),
         ))
     if backend.device.startswith("cuda") and not request.deterministic:
         risks.append(Risk(
             code="nondeterministic_cuda",
             why="CUDA kernels may pick different algorithms run to run (cuDNN autotuning, TF32, atomics)",
-            fix="turn on deterministic mode (--deterministic)",
+            fix=_fix("turn on deterministic mode", "Setting › Deterministic mode", "--deterministic"),
         ))
     if backend.device.startswith("cuda") and not request.deterministic:
         risks.append(Risk(
             code="attention_backend",
             why="flash and memory-efficient attention kernels reduce in a non-deterministic order on CUDA",
-            fix="turn on deterministic mode (--deterministic), which keeps only the math attention kernel",
+            fix=_fix("turn on deterministic mode, which keeps only the math attention kernel",
+                     "Setting › Deterministic mode", "--deterministic"),
         ))
     if backend.name == "openvino" and backend.mode == "performance":
         risks.append(Risk(
             code="compiled_performance_mode",
             why="OpenVINO performance mode computes in lower precision (bf16/fp16): the image drifts from fp32",
-            fix="use accuracy mode (--ov-mode accuracy)",
+            fix=_fix("use accuracy mode", "Advanced › OpenVINO mode: accuracy", "--ov-mode accuracy"),
         ))
     if request.expansion:
         risks.append(Risk(
             code="prompt_expansion",
             why="prompt expansion rewrites the prompt; the expanded text depends on the seed and the expander",
-            fix="the expanded text is stored and replayed verbatim; turn expansion off to keep your own words",
+            fix=_fix("the expanded text is stored and replayed verbatim; turn expansion off to keep your own "
+                     "words", "the Prompt expansion switch", "--expansion off"),
         ))
     if not model.sha256:
         risks.append(Risk(

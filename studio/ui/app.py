@@ -1,138 +1,47 @@
-"""The Gradio page. It builds requests and shows results; generation lives in the engine.
+"""The page, in Fooocus's shape: the gallery on top, the prompt with Generate, Stop and Skip beside it, and
+an Advanced switch that opens a column of tabs (one module each, in studio/ui/tabs/).
 
-Controls are named once, in CONTROL_ORDER; event handlers receive them as a dict by name,
-never as a long positional list.
+Everything that decides or makes an image goes through studio.service; this module only lays out the page
+and streams a run's progress, stages and live previews to it.
 """
 
 from __future__ import annotations
 
-import functools
-import html
-import logging
-import re
+import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from studio.engine.samplers import DEFAULT_SAMPLER, GPU_SUFFIX, SAMPLERS
+from studio.controls import CONTROL_ORDER
 from studio.errors import StudioError
 from studio.settings import AppConfig
+from studio.ui.page import INPUT_ORDER, STATE_ORDER, Page, _replay_texts, control_values, request_values
+from studio.ui.views import (error_html, handler, lost_jobs_markdown, plan_markdown, public,
+                             report_markdown)
 
-MAX_PRESET_NAME = 100
+__all__ = ["CONTROL_ORDER", "STATE_ORDER", "INPUT_ORDER", "build_app", "control_values", "request_values",
+           "public", "plan_markdown", "report_markdown", "lost_jobs_markdown", "_replay_texts", "ServingParts"]
 
-# The order the controls reach handlers (and the HTTP API) in.
-CONTROL_ORDER = ("prompt", "negative_prompt", "seed", "seed_mode", "batch", "steps", "cfg", "sampler", "width",
-                 "height", "model", "noise_source", "deterministic", "text_dtype", "unet_dtype", "vae_dtype",
-                 "expansion", "backend", "device", "ov_mode", "text_encoder", "chunk_policy")
-# Session state after the controls: Gradio keeps it out of the HTTP API, whose callers pass the controls only.
-STATE_ORDER = ("replay",)
-INPUT_ORDER = CONTROL_ORDER + STATE_ORDER
+PREVIEW_EVERY = 2  # steps between live previews
+UPDATE_EVERY_S = 0.15  # the page is sent at most this often while a run streams
 
-
-def _replay_texts(values: dict) -> list[str] | None:
-    """A batch's stored expanded texts (from an opened preset), while they still belong to the settings.
-
-    They were expanded from one prompt with one seed per image: once the prompt, the seed or the
-    batch size changes, they are dropped and expansion runs anew.
-    """
-    replay = values.get("replay")
-    if not isinstance(replay, dict) or not values["expansion"]:
-        return None
-    texts, batch = replay.get("texts"), values["batch"]
-    # The batch is checked by the request model after this; a hostile one here only means "no replay".
-    if not isinstance(texts, list) or not isinstance(batch, (int, float)) or isinstance(batch, bool):
-        return None
-    same = (replay.get("prompt") == (values["prompt"] or "") and replay.get("seed") == values["seed"]
-            and len(texts) == batch)
-    return list(texts) if same else None
-
-
-def request_values(values: dict) -> dict:
-    """UI control values → GenerationRequest fields."""
-    # Numbers are passed as they came: the request model checks them (a NaN, a null or a text from a
-    # hostile API call is a clear message there, where int()/float() here would raise).
-    for name, label in (("width", "Width"), ("height", "Height")):
-        # An empty or half-typed number field ("", "-") arrives as None: say so, never guess a size.
-        if values[name] is None:
-            raise StudioError(f"{label} is empty: type a multiple of 8 from 64 to 2048")
-    seed = values["seed"]
-    negative_seed = isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed < 0
-    return dict(
-        prompt=values["prompt"] or "", negative_prompt=values["negative_prompt"] or "",
-        seed=None if values["seed_mode"] == "random" or seed is None or negative_seed else seed,
-        seed_mode=values["seed_mode"], batch=values["batch"], steps=values["steps"],
-        cfg=values["cfg"], sampler=values["sampler"], width=values["width"],
-        height=values["height"], model=values["model"], noise_source=values["noise_source"],
-        deterministic=bool(values["deterministic"]), expansion=bool(values["expansion"]),
-        precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
-        backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"],
-                 # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
-                 "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
-        chunk_policy=values["chunk_policy"], expanded_prompt=_replay_texts(values),
-    )
-
-
-def control_values(request) -> dict:
-    """GenerationRequest → UI control values (the inverse of request_values)."""
-    r = request
-    return dict(
-        prompt=r.prompt, negative_prompt=r.negative_prompt, seed=-1 if r.seed is None else r.seed,
-        seed_mode=r.seed_mode, batch=r.batch, steps=r.steps, cfg=r.cfg, sampler=r.sampler,
-        width=r.width or 512, height=r.height or 512, model=r.model, noise_source=r.noise_source,
-        deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
-        vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
-        ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, chunk_policy=r.chunk_policy,
-        replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
-        if r.expansion and isinstance(r.expanded_prompt, list) else None,
-    )
-
-
-def report_markdown(report: dict, notes: list[str]) -> str:
-    """The cross-machine report shown when a preset is opened."""
-    verdict = {"identical": "✅ expected: the same image as where it was made",
-               "drift": "≈ expected: small numeric drift (within tolerance)",
-               "different": "⚠️ expected: a different image"}[report["expected"]]
-    lines = [f"**Preset report** — {verdict}"]
-    lines += [f"- **{d['field']}**: {d['preset']} → {d['here']} *({d['effect']})*: {d['fix']}"
-              for d in report["differences"]]
-    lines += [f"- note: {n}" for n in notes]
-    return "\n".join(lines)
-
-
-log = logging.getLogger("studio.app")
-
-# An absolute path (POSIX or Windows) in a message: a remote user sees only its last part.
-_ABS_PATH = re.compile(r"(?<![\w.~-])(?:/|[A-Za-z]:\\)(?:[^\s/\\:'\"()`]+[/\\])+([^\s/\\:'\"()`]*)")
-
-
-def public(message: str) -> str:
-    """``message`` without the server's absolute paths (each becomes its file or folder name)."""
-    return _ABS_PATH.sub(lambda m: m.group(1) or "…", message)
-
-
-def error_html(message: str) -> str:
-    return f'<div class="studio-error">error: {html.escape(public(message))}</div>'
-
-
-def handler(on_error):
-    """A Gradio handler whose failures are shown as ``on_error(error_html)``: a StudioError as its line,
-    anything else as one line saying the details are in the server's log (never a traceback or a path)."""
-
-    def wrap(fn):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except StudioError as exc:
-                return on_error(error_html(exc.message))
-            except Exception as exc:  # a bug: logged whole on the server, one line to the user
-                log.exception("handler %s failed", fn.__name__)
-                return on_error(error_html(f"internal error ({type(exc).__name__}); the details are in the "
-                                           "server's log"))
-
-        return inner
-
-    return wrap
+# Ctrl+Enter (Cmd+Enter on a Mac) presses Generate from anywhere on the page, as in Fooocus and A1111.
+KEYS_JS = """
+() => {
+  document.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') {
+      const button = document.querySelector('#generate');
+      if (button) { e.preventDefault(); button.click(); }
+    }
+  });
+}
+"""
+CSS = """
+#generate, #stop, #skip { min-height: 44px; }
+#studio-title h2 { margin: 0; }
+#status { min-height: 1.6em; }
+"""
 
 
 @dataclass
@@ -147,211 +56,196 @@ class ServingParts:
         self.journal.attach(blocks, ("generate",), CONTROL_ORDER)
 
 
-def lost_jobs_markdown(lost: list[dict]) -> str:
-    if not lost:
-        return ""
-    lines = [f"⚠️ **{len(lost)} queued job(s) were lost** when the server last stopped before running them "
-             "(listed in the output folder's `.studio/lost-jobs.json`):"]
-    lines += [f"- {j.get('time', '?')} · seed `{j.get('seed')}` · {html.escape(str(j.get('prompt') or ''))}"
-              for j in lost[:20]]
-    return "\n".join(lines)
+def start_values(studio, model: str | None, preset: str | None) -> dict:
+    """Every control's value when the page opens: the preset's (if given), ``model`` over it, and a size
+    that fits the model."""
+    from studio import presets
+    from studio.models.demo import BUILTINS
+    from studio.engine.samplers import DEFAULT_SAMPLER
+    from studio.settings import build_request
+
+    start = {}
+    if preset:
+        loaded, _ = presets.load(preset)
+        start = loaded.request.model_dump()
+        start["model"] = model or presets.locate_model(loaded, studio.registry)[0]
+    start["model"] = start.get("model") or model or "tiny"
+    studio.registry.resolve(start["model"])  # a missing model is a start-up error, not a first-click surprise
+    small = start["model"] in BUILTINS and start["model"] != "sd15-random"
+    start.setdefault("sampler", DEFAULT_SAMPLER)
+    start.setdefault("steps", 30)
+    start["width"] = start.get("width") or (64 if small else 512)
+    start["height"] = start.get("height") or (64 if small else 512)
+    return control_values(build_request(**start))
 
 
-def plan_markdown(plan, fingerprints: list[str] | None) -> str:
-    """What will run, shown before Generate: seeds, noise, fingerprints, and every reproducibility risk."""
-    noise = plan.noise
-    paragraphs = [
-        f"**Will run:** {plan.model.name} (`{plan.model.short_hash}`) · {plan.backend.name} on "
-        f"{plan.backend.device}" + (" (text encoder too)" if plan.backend.text_encoder == "openvino" else "")
-        + f" · {plan.sampler} · {plan.width}×{plan.height}",
-        f"**Noise:** {noise.source} (generators on {noise.generator_device}"
-        + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
-        + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
-    ]
-    if plan.compile is not None:
-        c = plan.compile
-        paragraphs.append(f"⚙️ **Will compile** `{c.signature}`: {c.reason}"
-                          + (f" (drops `{c.evicts}` from the cache)" if c.evicts else "")
-                          if c.will_compile else f"✅ **Compiled variant cached:** `{c.signature}` (no recompile)")
-        room = plan.prompt.chunk_count * 75 - max(plan.prompt.tokens, plan.prompt.negative_tokens)
-        if plan.request.chunk_policy == "exact" and room <= 10:
-            paragraphs.append(f"⚠️ {room} token{'s' * (room != 1)} to the next 75-token boundary: crossing it recompiles. "
-                              "Chunk policy pad:2 keeps prompts up to 150 tokens on one compiled variant.")
-    if plan.prompt.expansion is not None and fingerprints is not None:
-        how = "replayed verbatim" if plan.prompt.expansion.get("replayed") else "seeded by each image's seed"
-        paragraphs.append(f"**Expanded prompt** ({how}, stored with each image):\n"
-                          + "\n".join(f"- `{seed}`: {plan.prompt.final_for(i)}" for i, seed in enumerate(plan.seeds)))
-    if fingerprints is None:
-        paragraphs.append("**Seeds:** drawn when you press Generate"
-                          + (" (and the expanded prompt with them)" if plan.request.expansion else ""))
-    else:
-        paragraphs.append("**Seeds · initial-noise fingerprints:** "
-                          + ", ".join(f"`{s}` · `{f}`" for s, f in zip(plan.seeds, fingerprints)))
-    if plan.risks:
-        paragraphs.append("**Reproducibility risks**\n"
-                          + "\n".join(f"- ⚠️ **{r.code}**: {r.why}. *Fix:* {r.fix}" for r in plan.risks))
-    else:
-        paragraphs.append("✅ No reproducibility risks: these settings give the same image on any machine, "
-                          "within tolerance.")
-    return "\n\n".join(paragraphs)
+def default_size(studio, name: str) -> int:
+    """The side the model was trained at (its aspect ratios are scaled to it); 512 when it cannot be read."""
+    from studio.models.registry import architecture
+
+    try:
+        source = studio.registry.resolve(name)
+        studio.registry.ensure_built(source)
+        return architecture(source, studio.config.cache_dir)["default_size"]
+    except StudioError:
+        return 512
+
+
+class Run:
+    """One streamed run: the service's job in a worker thread, its events read by the page's generator."""
+
+    def __init__(self):
+        self.events: queue.Queue = queue.Queue()
+
+    def start(self, work) -> None:
+        def target():
+            try:
+                self.events.put(("done", work(self)))
+            except BaseException as exc:  # handed to the page's thread, which shows it
+                self.events.put(("failed", exc))
+
+        threading.Thread(target=target, daemon=True, name="studio-run").start()
+
+    def stream(self):
+        """Batches of events, at most one batch per UPDATE_EVERY_S, until the run ends."""
+        while True:
+            batch = [self.events.get()]
+            deadline = time.monotonic() + UPDATE_EVERY_S
+            while batch[-1][0] not in ("done", "failed"):
+                try:
+                    batch.append(self.events.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            yield batch
+            if batch[-1][0] in ("done", "failed"):
+                return
 
 
 def build_app(config: AppConfig, model: str | None = None, preset: str | None = None):
     """The app; its controls start from ``preset`` (a name or file) if given, with ``model`` over it."""
     import gradio as gr
 
-    from studio import presets
-    from studio.engine.engine import Engine
-    from studio.models.demo import BUILTINS, UNTRAINED_NOTE
-    from studio.repro import diff, environment
-    from studio.outputs import save_result
     from studio.prompts.chunking import count_tokens
+    from studio.service import Studio
     from studio.settings import build_request
-
     from studio.ui.gallery_copies import GalleryCopies
     from studio.ui.job_journal import JobJournal
+    from studio.ui.tabs import advanced, image_info, model as model_tab, presets as presets_tab, setting, verify
 
-    engine = Engine(config)
-    model = model and engine.registry.name_from_flag(model)  # the operator's --model may be a path
+    studio = Studio(config)
+    model = model and studio.registry.name_from_flag(model)  # the operator's --model may be a path
     journal = JobJournal(config.output_dir / ".studio")
     lost = journal.take_lost()
     stops: dict[str, threading.Event] = {}  # the Stop switch of each browser session's running job
-    start = {}
-    if preset:
-        loaded, _ = presets.load(preset)
-        start = loaded.request.model_dump()
-        start["model"] = model or presets.locate_model(loaded, engine.registry)[0]
-    start["model"] = start.get("model") or model or "tiny"
-    engine.registry.resolve(start["model"])  # a missing model is a start-up error, not a first-click surprise
-    small = start["model"] in BUILTINS and start["model"] != "sd15-random"
-    start.setdefault("sampler", DEFAULT_SAMPLER)
-    start.setdefault("steps", 20)
-    start["width"] = start.get("width") or (64 if small else 512)
-    start["height"] = start.get("height") or (64 if small else 512)
-    init = control_values(build_request(**start))
+    skips: dict[str, threading.Event] = {}
+    page = Page(studio=studio, init=start_values(studio, model, preset))
+    page.parts["default_size"] = lambda name: default_size(studio, name)
+    init, c = page.init, page.c
 
     def token_label(text: str) -> str:
         try:
-            return count_tokens(text or "", engine.tokenizer()).label()
+            return count_tokens(text or "", studio.engine.tokenizer()).label()
         except StudioError as exc:  # e.g. a weight out of range: say so where the count would be
             return f"⚠️ {public(exc.message)}"
 
-    def model_note(name: str) -> str:
-        return f"⚠️ **{name}** is a {UNTRAINED_NOTE}." if name in BUILTINS else ""
-
-    def takes_controls(leading: tuple[str, ...] = (), request: bool = False, progress: bool = False):
-        """Give a handler ``fn(*leading, values, request=, progress=)`` the positional signature Gradio reads:
-        one parameter per control, named as the request field it sets, with the page's start values as
-        defaults (so scripts call ``/generate`` by name), then gr.Request and gr.Progress, which Gradio
-        recognises only among positional parameters."""
-        import inspect
-
-        def wrap(fn):
-            def inner(*args):
-                lead, rest = args[:len(leading)], args[len(leading):]
-                values, extra = dict(zip(INPUT_ORDER, rest)), list(rest[len(INPUT_ORDER):])
-                kwargs = {}
-                if request:
-                    kwargs["request"] = extra.pop(0)
-                if progress:
-                    kwargs["progress"] = extra.pop(0)
-                return fn(*lead, values, **kwargs)
-
-            P = inspect.Parameter
-            params = [P(n, P.POSITIONAL_OR_KEYWORD) for n in leading]
-            params += [P(n, P.POSITIONAL_OR_KEYWORD, default=init[n]) for n in INPUT_ORDER]
-            if request:
-                params.append(P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request))
-            if progress:
-                params.append(P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
-            inner.__signature__ = inspect.Signature(params)
-            inner.__annotations__ = {"request": gr.Request} if request else {}
-            inner.__name__ = inner.__qualname__ = fn.__name__
-            inner.__doc__ = fn.__doc__
-            return inner
-
-        return wrap
-
-    @takes_controls()
-    @handler(lambda error: (error, ""))
-    def preview(values):
+    @page.takes_controls()
+    @handler(lambda e: (e, "", gr.update()))
+    def preview_and_cache(values):
+        """The plan of the current settings, before Generate, and the compile cache's view of it."""
         request = build_request(**request_values(values))
-        plan = engine.plan(request)
+        plan = studio.plan(request)
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None
-        return "", plan_markdown(plan, None if drawn_later else engine.preview_fingerprints(plan))
+        shown = plan_markdown(plan, None if drawn_later else studio.engine.preview_fingerprints(plan))
+        return "", public(shown), public(advanced.cache_markdown(studio, plan))
+
+    def preview(*values):
+        """The API's /plan_preview: (error line, plan)."""
+        return preview_and_cache(*values)[:2]
 
     def refresh_plan(*values):
         """The plan alone (after a run), leaving the run's own message in place."""
-        return preview(*values)[1] or gr.update()
+        _, plan, cache = preview_and_cache(*values)
+        return plan or gr.update(), cache
 
-    refresh_plan.__signature__ = preview.__signature__
+    preview.__signature__ = refresh_plan.__signature__ = preview_and_cache.__signature__
+    preview.__annotations__ = refresh_plan.__annotations__ = {}
 
-    @handler(lambda error: [*[gr.update() for _ in INPUT_ORDER], error, ""])
-    def open_preset(name, upload):
-        """Load a shipped preset (by name) or an uploaded file, fill the controls, and report differences."""
-        from studio.untrusted import MAX_PRESET_BYTES, read_bounded
+    def shown_path(path: str) -> str:
+        """A saved file as the user may see it: relative to the output folder, never the server's path."""
+        try:
+            return Path(path).resolve().relative_to(studio.config.output_dir.resolve()).as_posix()
+        except ValueError:
+            return Path(path).name
 
-        if upload:
-            preset, notes = presets.parse(read_bounded(upload, MAX_PRESET_BYTES, "the uploaded preset"),
-                                          "uploaded preset")
-        elif name in presets.shipped_names():
-            preset, notes = presets.load(name)
-        else:
-            raise StudioError("pick a preset or upload a preset file")
-        model, found = presets.locate_model(preset, engine.registry)
-        request = preset.request.model_copy(update={"model": model})
-        plan = engine.plan(request)
-        here_env = environment.made_on(plan.backend.device, plan.backend.precision)
-        report = diff.compare(preset, plan, here_env)
-        values = control_values(request)
-        values.update(width=plan.width, height=plan.height)  # a preset without a size: the model's own
-        if request.expansion and isinstance(request.expanded_prompt, str):
-            # Replayed verbatim: the stored expanded text goes into the prompt and expansion is not run again.
-            # (A batch's list of texts stays in the hidden replay state: see _replay_texts.)
-            values.update(prompt=request.expanded_prompt, expansion=False)
-        return [*[values[n] for n in INPUT_ORDER], "", public(report_markdown(report, notes + found))]
+    @page.takes_controls(request=True)
+    def generate(values, request=None):
+        """Plan, run and save, streaming named stages, per-step progress and a live preview every few steps.
 
-    @takes_controls(leading=("name",))
-    @handler(lambda error: (error, None))
-    def save_preset(name, values):
-        """The current settings, planned here, as a preset file (with made_on) to download and share."""
-        from studio.settings import Preset
-
-        stem = (name or "").strip()
-        if not stem or not all(ch.isalnum() or ch in "-_ ." for ch in stem) or stem.startswith(".") \
-                or len(stem) > MAX_PRESET_NAME:
-            raise StudioError(f"name the preset with up to {MAX_PRESET_NAME} letters, digits, spaces, '-', '_' "
-                              "or '.'")
-        plan = engine.plan(build_request(**request_values(values)))
-        preset = Preset(name=stem, model={"file": plan.model.name, "sha256": plan.model.sha256},
-                        request=plan.request, plan=plan.to_json_dict(),
-                        made_on=environment.made_on(plan.backend.device, plan.backend.precision))
-        path = presets.save(preset, engine.config.output_dir / "presets" / f"{stem}.json")
-        return "", str(path)
-
-    @takes_controls(request=True, progress=True)
-    @handler(lambda error: (gr.update(), error, gr.update(), gr.update()))
-    def generate(values, request=None, progress=None):
+        Yields (gallery, error, info, next seed, live preview, status, last run): the first four are what
+        an API caller reads."""
+        keep = gr.update()
         session = getattr(request, "session_hash", None) or ""
         stop = stops[session] = threading.Event()
+        skip = skips[session] = threading.Event()
         try:
-            settings = build_request(**request_values(values))
-            plan = engine.plan(settings)
-            report = (lambda i, n: progress(i / n, desc=f"step {i}/{n}")) if progress is not None else None
-            result = engine.run(plan, on_step=report, stop=stop)
-            saved = save_result(result, engine.config.output_dir)
+            try:
+                settings = build_request(**request_values(values))
+                plan = studio.plan(settings)
+            except StudioError as exc:
+                yield keep, error_html(exc.message), keep, keep, keep, "", keep
+                return
+            live = values.get("live_preview") is not False
+            run = Run()
+
+            def work(run):
+                return studio.run_job(
+                    plan, on_step=lambda done, total: run.events.put(("step", done, total)), stop=stop,
+                    skip=skip, on_stage=lambda name: run.events.put(("stage", name)),
+                    on_preview=(lambda i, step, image: run.events.put(("preview", i, image))) if live else None,
+                    preview_every=PREVIEW_EVERY if live else 0)
+
+            run.start(work)
+            stage, step, picture = "waiting for the device", "", None
+            for batch in run.stream():
+                for event in batch:
+                    if event[0] == "stage":
+                        stage = event[1]
+                    elif event[0] == "step":
+                        step = f" · step {event[1]}/{event[2]}"
+                    elif event[0] == "preview":
+                        picture = event[2]
+                    elif event[0] == "failed":
+                        exc = event[1]
+                        message = exc.message if isinstance(exc, StudioError) else \
+                            f"internal error ({type(exc).__name__}); the details are in the server's log"
+                        if not isinstance(exc, StudioError):
+                            import logging
+
+                            logging.getLogger("studio.app").error("run failed", exc_info=exc)
+                        yield keep, error_html(message), keep, keep, None, "", keep
+                        return
+                    elif event[0] == "done":
+                        job = event[1]
+                        saved = job.saved
+                        copies.shown(session, [s["path"] for s in saved])
+                        lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {shown_path(s['path'])}"
+                                 for s in saved]
+                        if job.plan.prompt.expansion is not None:
+                            lines += [f"- `{s['seed']}` expanded prompt: {s['prompt_final']}" for s in saved]
+                        info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
+                                         + [f"- ⚠️ {n}" for n in job.notes])
+                        next_seed = studio.next_seed(settings, job.plan)
+                        yield ([s["path"] for s in saved], "", public(info),
+                               -1 if next_seed is None else next_seed, None,
+                               f"done: {len(saved)} image(s) saved", setting.last_run_markdown(saved))
+                        return
+                yield keep, "", keep, keep, picture if picture is not None else keep, f"{stage}{step}", keep
         finally:
             if stops.get(session) is stop:
                 del stops[session]
-        copies.shown(session, [s["path"] for s in saved])
-        lines = [f"- `{s['seed']}` · noise `{s['noise_fingerprint']}` · {shown_path(s['path'])}" for s in saved]
-        if plan.prompt.expansion is not None:
-            lines += [f"- `{s['seed']}` expanded prompt: {s['prompt_final']}" for s in saved]
-        info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
-                         + [f"- ⚠️ {n}" for n in result.notes])
-        next_seed = engine.next_request(settings, plan).seed
-        return [s["path"] for s in saved], "", public(info), (-1 if next_seed is None else next_seed)
+            if skips.get(session) is skip:
+                del skips[session]
 
     def stop_run(request: gr.Request = None):
         """Stop this browser session's running job after its current step (other sessions' jobs go on)."""
@@ -359,104 +253,95 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         if stop is not None:
             stop.set()
 
-    def shown_path(path: str) -> str:
-        """A saved file as the user may see it: relative to the output folder, never the server's path."""
-        try:
-            return Path(path).resolve().relative_to(engine.config.output_dir.resolve()).as_posix()
-        except ValueError:
-            return Path(path).name
+    def skip_image(request: gr.Request = None):
+        """Drop the image in progress of this session's batch and go on with the next one."""
+        skip = skips.get(getattr(request, "session_hash", None) or "")
+        if skip is not None:
+            skip.set()
 
     def end_session(request: gr.Request = None):
         copies.end_session(getattr(request, "session_hash", None))
 
     # Gradio finds gr.Request by type hint; `gr` is imported here, not at module level, so the string
     # annotations would not resolve: give the real class.
-    stop_run.__annotations__ = end_session.__annotations__ = {"request": gr.Request}
+    stop_run.__annotations__ = skip_image.__annotations__ = end_session.__annotations__ = {"request": gr.Request}
 
     # Gradio's own cache sweep: gallery copies older than a day go, and all of them at a restart.
     with gr.Blocks(title="studio", delete_cache=(3600, 86400)) as app:
-        gr.Markdown("# studio\nReproducible Stable Diffusion: same settings, same image.")
         gr.Markdown(lost_jobs_markdown(lost), elem_id="lost-jobs")
-        note = gr.Markdown(model_note(init["model"]), elem_id="model-note")
-        c = {}
-        with gr.Row():
-            with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=420)
-                c["prompt"] = gr.Textbox(init["prompt"], label="Prompt", lines=3, elem_id="prompt")
-                counter = gr.Markdown(token_label(""), elem_id="token-counter")
-                c["negative_prompt"] = gr.Textbox(init["negative_prompt"], label="Negative prompt", lines=2,
-                                                  elem_id="negative")
-                c["expansion"] = gr.Checkbox(init["expansion"], label="Prompt expansion (seeded style words)",
-                                             elem_id="expansion")
+        with gr.Row(elem_id="studio-main"):
+            with gr.Column(scale=2, elem_id="main-column"):
                 with gr.Row():
-                    run = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                    gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=330, scale=3)
+                    live_image = gr.Image(label="Live preview", elem_id="live-preview", type="pil",
+                                          interactive=False, height=330, scale=1)
+                status = gr.Markdown("", elem_id="status")
+                with gr.Row(equal_height=True):
+                    c["prompt"] = gr.Textbox(init["prompt"], show_label=False, lines=2, scale=6, elem_id="prompt",
+                                             placeholder="Type a prompt here (Ctrl+Enter generates)")
+                    with gr.Column(scale=1, min_width=150):
+                        run_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                        with gr.Row():
+                            stop_button = gr.Button("Stop", variant="stop", elem_id="stop", min_width=60)
+                            skip_button = gr.Button("Skip", elem_id="skip", min_width=60)
+                with gr.Row():
+                    counter = gr.Markdown(token_label(init["prompt"]), elem_id="token-counter")
+                    advanced_switch = gr.Checkbox(False, label="Advanced", elem_id="advanced", container=False)
+                    c["expansion"] = gr.Checkbox(init["expansion"], label="Prompt expansion", elem_id="expansion",
+                                                 container=False)
+                    live_switch = gr.Checkbox(True, label="Live preview", elem_id="live-switch", container=False)
                 error = gr.HTML("", elem_id="error")
-                report_box = gr.Markdown("", elem_id="preset-report")
-                plan_box = gr.Markdown("", elem_id="plan")
+                page.parts["error"] = error
                 info = gr.Markdown("", elem_id="info")
-            with gr.Column(scale=2):
-                c["model"] = gr.Dropdown(engine.registry.available(), value=init["model"], label="Model", elem_id="model")
-                with gr.Group(elem_id="seed-lock"):
-                    gr.Markdown("**Seed lock**")
-                    c["seed"] = gr.Number(value=init["seed"], precision=0, label="Seed (-1 draws one)", elem_id="seed")
-                    c["seed_mode"] = gr.Radio(["fixed", "increment", "random"], value=init["seed_mode"], label="After each run",
-                                              elem_id="seed-mode")
-                    c["noise_source"] = gr.Radio(["cpu", "device"], value=init["noise_source"], label="Noise drawn on",
-                                                 elem_id="noise-source")
-                    c["deterministic"] = gr.Checkbox(init["deterministic"], label="Deterministic mode", elem_id="deterministic")
-                samplers = list(SAMPLERS) + [s + GPU_SUFFIX for s in SAMPLERS if SAMPLERS[s].stochastic]
-                c["sampler"] = gr.Dropdown(samplers, value=init["sampler"], label="Sampler", elem_id="sampler")
-                c["steps"] = gr.Slider(1, 150, value=init["steps"], step=1, label="Steps", elem_id="steps")
-                c["cfg"] = gr.Slider(0, 30, value=init["cfg"], step=0.5, label="CFG scale", elem_id="cfg")
-                c["batch"] = gr.Slider(1, 16, value=init["batch"], step=1, label="Images", elem_id="batch")
-                c["width"] = gr.Number(value=init["width"], precision=0, label="Width", elem_id="width")
-                c["height"] = gr.Number(value=init["height"], precision=0, label="Height", elem_id="height")
-                with gr.Accordion("Presets", open=False, elem_id="presets"):
-                    preset_name = gr.Dropdown(presets.shipped_names(), value=None, label="Preset",
-                                              elem_id="preset-name")
-                    preset_upload = gr.File(label="…or a preset file (.json)", file_types=[".json"],
-                                            type="filepath", elem_id="preset-file")
-                    open_button = gr.Button("Open preset", elem_id="open-preset")
-                    save_name = gr.Textbox(label="Save the current settings as", placeholder="my-preset",
-                                           elem_id="save-name")
-                    save_button = gr.Button("Save preset", elem_id="save-preset")
-                    saved_file = gr.File(label="Saved preset", interactive=False, elem_id="saved-preset")
-                with gr.Accordion("Backend", open=False, elem_id="backend-settings"):
-                    c["backend"] = gr.Radio(["torch", "openvino"], value=init["backend"], label="Backend", elem_id="backend")
-                    c["device"] = gr.Textbox(value=init["device"], label="Device (torch: cpu, cuda; OpenVINO: CPU, GPU)",
-                                             elem_id="device")
-                    c["ov_mode"] = gr.Radio(["accuracy", "performance"], value=init["ov_mode"], label="OpenVINO mode",
-                                            elem_id="ov-mode")
-                    c["text_encoder"] = gr.Radio(["torch", "openvino"], value=init["text_encoder"],
-                                                 label="OpenVINO text encoder: PyTorch on CPU, or compiled",
-                                                 elem_id="text-encoder")
-                    c["chunk_policy"] = gr.Dropdown(["exact", "pad:2", "pad:3", "pad:4"], value=init["chunk_policy"],
-                                                    label="Chunk policy (pad prompts so length never recompiles)",
-                                                    elem_id="chunk-policy")
-                with gr.Accordion("Precision", open=False, elem_id="precision"):
-                    for part in ("text", "unet", "vae"):
-                        c[f"{part}_dtype"] = gr.Dropdown(["fp32", "bf16", "fp16"], value=init[f"{part}_dtype"],
-                                                         label=f"{part.upper() if part != 'text' else 'Text encoder'}",
-                                                         elem_id=f"{part}-dtype")
+                plan_box = gr.Markdown("", elem_id="plan")
+            with gr.Column(scale=1, visible=False, elem_id="advanced-column") as advanced_column:
+                with gr.Tabs(elem_id="advanced-tabs"):
+                    with gr.Tab("Setting", elem_id="tab-setting"):
+                        setting.build(page)
+                    with gr.Tab("Model", elem_id="tab-model"):
+                        model_tab.build(page)
+                    with gr.Tab("Advanced", elem_id="tab-advanced"):
+                        advanced.build(page)
+                    with gr.Tab("Presets", elem_id="tab-presets"):
+                        presets_tab.build(page)
+                    with gr.Tab("Image info", elem_id="tab-image-info"):
+                        image_info.build(page)
+                    with gr.Tab("Verify", elem_id="tab-verify"):
+                        verify.build(page)
         # An opened preset's per-image expanded texts, replayed while prompt, seed and batch stay as they were.
         c["replay"] = gr.State(init["replay"])
-        controls = [c[name] for name in INPUT_ORDER]
-        c["prompt"].change(token_label, c["prompt"], counter, show_progress="hidden")
-        c["model"].change(model_note, c["model"], note)
+        # The live-preview switch is page state, not a request field: an API call (no page) gets previews on.
+        c["live_preview"] = gr.State(True)
+        live_switch.change(lambda on: on, live_switch, c["live_preview"], api_visibility="private",
+                           show_progress="hidden")
+        missing = [n for n in INPUT_ORDER if n not in c]
+        assert not missing, f"controls without a component: {missing}"  # a schema entry no tab builds
+        for wire in page.wiring:
+            wire()
+        controls = page.inputs
+
+        advanced_switch.change(lambda on: gr.update(visible=on), advanced_switch, advanced_column,
+                               api_visibility="private", show_progress="hidden")
+        c["prompt"].change(token_label, c["prompt"], counter, show_progress="hidden", api_name="token_label")
         for control in controls:
-            control.change(preview, controls, [error, plan_box], show_progress="hidden")
-        app.load(preview, controls, [error, plan_box], api_name="plan_preview")
-        # After a run the plan is made again: what was compiled or the next seed changes it.
-        run.click(generate, controls, [gallery, error, info, c["seed"]], api_name="generate").then(
-            refresh_plan, controls, plan_box, show_progress="hidden")
+            control.change(preview_and_cache, controls, [error, plan_box, page.parts["cache"]],
+                           show_progress="hidden", api_visibility="private")
+        app.load(preview, controls, [error, plan_box], api_name="plan_preview").then(
+            refresh_plan, controls, [plan_box, page.parts["cache"]], show_progress="hidden",
+            api_visibility="private")
+
+        outputs = [gallery, error, info, c["seed"], live_image, status, page.parts["last_run"]]
+        # One job at a time (Gradio's default concurrency of 1 for the event): the others wait in the queue,
+        # their place shown on their page.
+        run_button.click(generate, controls, outputs, api_name="generate", show_progress="minimal").then(
+            refresh_plan, controls, [plan_box, page.parts["cache"]], show_progress="hidden",
+            api_visibility="private")
         stop_button.click(stop_run, None, None, api_name="stop")
+        skip_button.click(skip_image, None, None, api_name="skip")
         app.unload(end_session)
-        save_button.click(save_preset, [save_name, *controls], [error, saved_file], api_name="save_preset")
-        open_button.click(open_preset, [preset_name, preset_upload], [*controls, error, report_box],
-                          api_name="open_preset")
     copies = GalleryCopies(config.output_dir, Path(app.GRADIO_CACHE))
     app.studio_parts = ServingParts(journal=journal, copies=copies, lost=lost)
+    app.studio_launch = {"js": KEYS_JS, "css": CSS}
     # Every call goes through the queue: the direct REST routes (which skipped it) are closed.
     app.queue(api_open=False)
     return app

@@ -95,6 +95,7 @@ def launch(app, host: str, port: int, auth: list | None = None, share: bool = Fa
     parts = app.studio_parts
     parts.attach(app)
     app.launch(server_name=host, server_port=port, share=share, auth=auth or None, inbrowser=False,
+               **getattr(app, "studio_launch", {}),
                # Exceptions' own texts can hold server paths: the app says what went wrong itself.
                show_error=False, max_file_size=MAX_UPLOAD_BYTES, prevent_thread_lock=not block, quiet=quiet,
                app_kwargs={"middleware": [Middleware(Guard, blocks=app, gone=parts.copies.gone)]})

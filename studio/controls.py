@@ -1,0 +1,105 @@
+"""The one schema of what a user sets: each control's name, where it lives in the request, its label, its
+CLI flag and help. Choices, ranges and defaults are read from GenerationRequest itself, so the app's
+controls, the CLI's flags and the request model cannot drift apart.
+
+The control name is also the app's HTTP API parameter name.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from studio.engine.samplers import GPU_SUFFIX, SAMPLERS
+from studio.settings import BackendSpec, GenerationRequest, Precision
+
+Kind = Literal["text", "number", "slider", "choice", "check"]
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str  # UI key and API parameter name
+    path: tuple[str, ...]  # the request field it sets (nested: ("backend", "device"))
+    label: str
+    kind: Kind
+    flag: Optional[str] = None  # the CLI flag that sets it (None: the CLI sets it another way)
+    help: str = ""
+    step: float = 1
+    lines: int = 1
+
+    @property
+    def field(self):
+        model = {"backend": BackendSpec, "precision": Precision}.get(self.path[0], GenerationRequest) \
+            if len(self.path) > 1 else GenerationRequest
+        return model.model_fields[self.path[-1]]
+
+    @property
+    def default(self):
+        return self.field.get_default(call_default_factory=True)
+
+    @property
+    def choices(self) -> list[str]:
+        if self.name == "sampler":
+            return list(SAMPLERS) + [s + GPU_SUFFIX for s in SAMPLERS if SAMPLERS[s].stochastic]
+        if self.name == "chunk_policy":
+            return ["exact", "pad:2", "pad:3", "pad:4"]
+        annotation = self.field.annotation
+        if typing.get_origin(annotation) is Literal:
+            return list(typing.get_args(annotation))
+        return []
+
+    @property
+    def bounds(self) -> tuple[Optional[float], Optional[float]]:
+        low = high = None
+        for rule in self.field.metadata:
+            low = getattr(rule, "ge", low)
+            high = getattr(rule, "le", high)
+        return low, high
+
+
+CONTROLS: tuple[Control, ...] = (
+    Control("prompt", ("prompt",), "Prompt", "text", "--prompt", lines=3),
+    Control("negative_prompt", ("negative_prompt",), "Negative prompt", "text", "--negative", lines=2),
+    Control("seed", ("seed",), "Seed (-1 draws one)", "number", "--seed"),
+    Control("seed_mode", ("seed_mode",), "After each run", "choice", "--seed-mode",
+            "fixed keeps the seed, increment moves past the batch, random draws a new one"),
+    Control("batch", ("batch",), "Image number", "slider", "--batch"),
+    Control("steps", ("steps",), "Steps", "slider", "--steps"),
+    Control("cfg", ("cfg",), "Guidance scale (CFG)", "slider", "--cfg", step=0.5),
+    Control("sampler", ("sampler",), "Sampler", "choice", "--sampler",
+            "a -gpu suffix draws the noise on the device, as ComfyUI's samplers do"),
+    Control("width", ("width",), "Width", "number", "--width"),
+    Control("height", ("height",), "Height", "number", "--height"),
+    Control("model", ("model",), "Checkpoint", "choice", "--model"),
+    Control("noise_source", ("noise_source",), "Noise drawn on", "choice", "--noise-source",
+            "cpu noise is the same on every machine; device noise differs between GPUs"),
+    Control("deterministic", ("deterministic",), "Deterministic mode", "check", "--deterministic",
+            "deterministic algorithms only (slower on a GPU)"),
+    Control("text_dtype", ("precision", "text"), "Text encoder precision", "choice", "--dtype text="),
+    Control("unet_dtype", ("precision", "unet"), "UNet precision", "choice", "--dtype unet="),
+    Control("vae_dtype", ("precision", "vae"), "VAE precision", "choice", "--dtype vae="),
+    Control("expansion", ("expansion",), "Prompt expansion", "check", "--expansion",
+            "seeded style words added to the prompt, shown and stored with each image"),
+    Control("backend", ("backend", "name"), "Backend", "choice", "--backend"),
+    Control("device", ("backend", "device"), "Device", "choice", "--device"),
+    Control("ov_mode", ("backend", "ov_mode"), "OpenVINO mode", "choice", "--ov-mode",
+            "accuracy runs fp32 everywhere; performance lets the CPU run bf16 where it can"),
+    Control("text_encoder", ("backend", "text_encoder"), "OpenVINO text encoder", "choice", "--text-encoder",
+            "PyTorch on the CPU, or compiled with OpenVINO"),
+    Control("chunk_policy", ("chunk_policy",), "Chunk policy", "choice", "--chunk-policy",
+            "pad:N encodes every prompt as N chunks, so prompt length never recompiles"),
+    Control("clip_skip", ("clip_skip",), "CLIP skip", "slider", None, "A1111's Clip skip: 1 = the last layer"),
+)
+BY_NAME = {c.name: c for c in CONTROLS}
+CONTROL_ORDER = tuple(c.name for c in CONTROLS)
+
+
+def flag_for(name: str) -> str:
+    """How a control is named to a user who runs the CLI (for fix hints that must work in both)."""
+    control = BY_NAME[name]
+    return control.flag or control.name
+
+
+def ui_label(name: str) -> str:
+    return BY_NAME[name].label

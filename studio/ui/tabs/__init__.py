@@ -1,0 +1,1 @@
+"""One module per tab of the Advanced column: each has a build(page) and plain handlers."""
