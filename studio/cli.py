@@ -23,6 +23,10 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", help="a prompt; repeat for several jobs in one process")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt a line")
     p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--style", action="append", metavar="NAME",
+                   help="apply a style (repeatable, applied in order; `studio styles` lists them)")
+    p.add_argument("--styles-dir", type=Path, metavar="DIR",
+                   help="a folder of Fooocus-format style files (*.json) to add to studio's styles")
     p.add_argument("--seed", type=int)
     p.add_argument("--seed-mode", choices=["fixed", "increment", "random"])
     p.add_argument("--batch", type=int)
@@ -85,14 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("source", type=Path, metavar="FILE")
     imp.add_argument("--from", dest="kind", choices=["fooocus", "a1111", "image"], required=True)
     imp.add_argument("--out", type=Path, required=True, metavar="OUT.json")
+    imp.add_argument("--styles-dir", type=Path, metavar="DIR",
+                     help="a folder of Fooocus-format style files: the import applies the styles found there too")
     imp.add_argument("--json", action="store_true")
     diff = preset_sub.add_parser("diff", help="what will differ if this preset runs here")
     diff.add_argument("preset_file", metavar="P", help="preset name or file")
     diff.add_argument("--models-dir", type=Path)
+    diff.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
     diff.add_argument("--json", action="store_true")
     info = sub.add_parser("info", help="the settings recovered from an image (studio's own, A1111 infotext, or Fooocus JSON)")
     info.add_argument("image", type=Path)
+    info.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
     info.add_argument("--json", action="store_true")
+    styles = sub.add_parser("styles", help="list the styles (studio's and a --styles-dir folder's) and the "
+                                           "problems reading them")
+    styles.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
+    styles.add_argument("--search", default="", metavar="WORDS", help="only the styles whose name or text holds "
+                                                                       "every word")
+    styles.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the models that can be picked")
     models.add_argument("--models-dir", type=Path)
     models.add_argument("--json", action="store_true")
@@ -166,6 +180,8 @@ def requests_from_args(args, registry=None):
             values[field] = getattr(args, flag)
     if args.expansion is not None:
         values["expansion"] = args.expansion == "on"
+    if args.style is not None:
+        values["styles"] = args.style  # replaces the preset's list: the styles given are all that apply
     backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode),
                                  ("text_encoder", args.text_encoder)) if v}
     if backend:
@@ -184,8 +200,19 @@ def requests_from_args(args, registry=None):
 def _config(args):
     from studio.settings import AppConfig
 
-    return AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
-                              allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None))
+    config = AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
+                                allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None),
+                                styles_dir=getattr(args, "styles_dir", None))
+    # The app lists a missing folder among the styles' problems; a command line naming one is a mistake.
+    if config.styles_dir is not None and not config.styles_dir.is_dir():
+        raise StudioError(f"styles folder {config.styles_dir} is not a folder (--styles-dir or STUDIO_STYLES_DIR)")
+    return config
+
+
+def _style_library(args):
+    from studio.styles import load_library
+
+    return load_library(_config(args).styles_dir)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -301,7 +328,11 @@ def cmd_preset(args) -> dict:
         return {"path": str(path), "preset": preset.to_json_dict()}
     preset, notes = presets.load(args.preset_file)
     model, found = presets.locate_model(preset, engine.registry)
-    request = preset.request.model_copy(update={"model": model})
+    from studio.styles import split_known
+
+    # A style missing here is one of the report's differences, not a refusal to compare.
+    known, _ = split_known(preset.request.styles, engine.styles)
+    request = preset.request.model_copy(update={"model": model, "styles": known})
     here = engine.plan(request)
     report = diff.compare(preset, here, environment.made_on(here.backend.device, here.backend.precision))
     report["notes"] = notes + found
@@ -334,12 +365,14 @@ def _import_preset(args) -> dict:
     from pydantic import ValidationError
 
     from studio.settings import Preset, build_request, validation_message
+    from studio.styles import restyle_values
 
     report: dict = {"notes": []}
     sha = None
     plan = None
+    library = _style_library(args)
     if args.kind == "fooocus":
-        imported = load_fooocus_preset(args.source)
+        imported = load_fooocus_preset(args.source, library)
         values, (model, notes) = imported.request_values, _model_name(imported.model_file)
         report.update(downloads=imported.downloads, unknown_keys=imported.unknown_keys, ignored=imported.ignored)
         report["notes"] += imported.notes + notes
@@ -355,7 +388,7 @@ def _import_preset(args) -> dict:
         else:
             meta = read_metadata(args.source)
             text, record = meta["parameters"], meta["studio"]
-        fooocus = _fooocus_metadata(text) if record is None else None
+        fooocus = _fooocus_metadata(text, library) if record is None else None
         if record is not None:  # our own image: its whole plan
             plan = record.get("plan")
             try:
@@ -365,7 +398,7 @@ def _import_preset(args) -> dict:
             except (KeyError, TypeError):
                 raise StudioError(f"{args.source}: the studio record has no plan") from None
             values.pop("model", None)
-            report["notes"] += notes
+            report["notes"] += notes + _missing_styles_notes(values.get("styles"), library)
         elif fooocus is not None:  # Fooocus's own JSON scheme
             values, sha = fooocus["request"], fooocus["model_sha256"]
             model, notes = _model_name(fooocus["model"])
@@ -376,7 +409,7 @@ def _import_preset(args) -> dict:
             values = to_request_values(parsed)
             model, notes = _model_name(values.pop("model", None))
             report.update(unknown_fields=parsed["unknown"], model_hash=parsed["model_hash"])
-            report["notes"] += parsed["notes"] + notes
+            report["notes"] += parsed["notes"] + notes + restyle_values(values, parsed["styles"], library, "Styles")
             if parsed["model_hash"]:
                 report["notes"].append(f"A1111 gives only a short model hash ({parsed['model_hash']}); "
                                        "`studio preset diff` checks the full sha256 once model.sha256 is set")
@@ -396,14 +429,25 @@ def _import_preset(args) -> dict:
     return {"path": str(path), "preset": preset.to_json_dict(), "report": report}
 
 
-def _fooocus_metadata(text: str | None) -> dict | None:
+def _missing_styles_notes(names, library) -> list[str]:
+    from studio.styles import split_known
+
+    _, missing = split_known(names if isinstance(names, list) else [], library)
+    if not missing:
+        return []
+    return [f"styles {', '.join(repr(m) for m in missing[:8])} are not here: put a Fooocus-format style file "
+            "holding them in the styles folder (--styles-dir DIR) before running it (the preset keeps their "
+            "names and the text they had)"]
+
+
+def _fooocus_metadata(text: str | None, library=None) -> dict | None:
     """Fooocus's JSON metadata parsed, or None when ``text`` is not a JSON object (A1111 text then)."""
     from studio.metadata.fooocus_image import looks_like_fooocus_json, parse_fooocus_json
 
     if not looks_like_fooocus_json(text):
         return None
     try:
-        return parse_fooocus_json(text)
+        return parse_fooocus_json(text, library)
     except StudioError:
         return None  # an A1111 prompt may start with "{" too (dynamic prompts)
 
@@ -412,27 +456,62 @@ def cmd_info(args) -> dict:
     from studio.metadata.a1111 import parse_infotext, to_request_values
     from studio.metadata.read import read_metadata
 
+    from studio.styles import restyle_values
+
     meta = read_metadata(args.image)
+    library = _style_library(args)
     if meta["studio"] is not None:
         record = meta["studio"]
-        out = {"source": "studio", "format": meta["format"], "request": (record.get("plan") or {}).get("request"),
-               "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
-               "parameters": meta["parameters"]}
-    elif (fooocus := _fooocus_metadata(meta["parameters"])) is not None:
+        plan = record.get("plan") or {}
+        prompt = plan.get("prompt") if isinstance(plan.get("prompt"), dict) else {}
+        out = {"source": "studio", "format": meta["format"], "request": plan.get("request"),
+               "styles": prompt.get("styles") or [], "image": record.get("image"), "plan": record.get("plan"),
+               "run": record.get("run"), "parameters": meta["parameters"],
+               "notes": _missing_styles_notes((plan.get("request") or {}).get("styles"), library)}
+    elif (fooocus := _fooocus_metadata(meta["parameters"], library)) is not None:
         out = {"source": "fooocus", "format": meta["format"], "request": fooocus["request"],
+               "styles": _style_records(fooocus["request"].get("styles"), library),
                "model": fooocus["model"], "model_sha256": fooocus["model_sha256"], "fields": fooocus["fields"],
                "unknown": fooocus["unknown"], "ignored": fooocus["ignored"], "notes": fooocus["notes"],
                "parameters": meta["parameters"]}
     elif meta["parameters"]:
         parsed = parse_infotext(meta["parameters"])
-        out = {"source": "a1111", "format": meta["format"], "request": to_request_values(parsed),
+        request = to_request_values(parsed)
+        notes = parsed["notes"] + restyle_values(request, parsed["styles"], library, "Styles")
+        out = {"source": "a1111", "format": meta["format"], "request": request,
+               "styles": _style_records(request.get("styles"), library), "styles_named": parsed["styles"],
                "fields": parsed["fields"], "unknown": parsed["unknown"], "model_hash": parsed["model_hash"],
-               "notes": parsed["notes"], "parameters": meta["parameters"]}
+               "notes": notes, "parameters": meta["parameters"]}
     else:
         raise StudioError(f"no generation settings found in {args.image} (no studio record, no A1111 parameters)")
     if not args.json:
         print(json.dumps(out.get("request"), indent=2, ensure_ascii=False))
+        for style in out.get("styles") or []:
+            if isinstance(style, dict):
+                print(f"style {style.get('name')}: {style.get('prompt')!r} / negative {style.get('negative_prompt')!r}")
+        for note in out.get("notes") or []:
+            print(f"note: {note}")
     return out
+
+
+def _style_records(names, library) -> list[dict]:
+    """The styles a foreign image's request applies, with the text they have here."""
+    return [library.get(n).record() for n in names or [] if library.get(n) is not None]
+
+
+def cmd_styles(args) -> dict:
+    library = _style_library(args)
+    shown = library.search(args.search)
+    if not args.json:
+        for style in shown:
+            print(f"{style.name}  ({style.source})")
+        for line in library.notes:
+            print(f"note: {line}", file=sys.stderr)
+        for line in library.problems:
+            print(f"problem: {line}", file=sys.stderr)
+    return {"styles": [s.record() for s in shown], "count": len(library.styles),
+            "styles_dir": None if library.folder is None else str(library.folder),
+            "problems": library.problems, "notes": library.notes}
 
 
 def _against(spec: str, request):
@@ -489,7 +568,7 @@ def cmd_verify(args) -> dict:
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
-            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info}
+            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info, "styles": cmd_styles}
 
 
 def main(argv: list[str] | None = None) -> int:

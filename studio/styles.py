@@ -69,9 +69,12 @@ def fooocus_name(name: str) -> str:
     return text
 
 
-def _key(name: str) -> str:
+def style_key(name: str) -> str:
     """Lookup key: a name matches whatever its Fooocus form matches, case aside."""
     return fooocus_name(name).casefold()
+
+
+_key = style_key
 
 
 def apply_styles(prompt: str, negative: str, styles: Iterable[Style]) -> tuple[str, str]:
@@ -317,3 +320,27 @@ def imported_styles(names: list, library: StyleLibrary, origin: str) -> tuple[li
                      "(images will differ): put a Fooocus-format style file holding them in the styles folder "
                      "(--styles-dir DIR) and import again")
     return found, expansion, notes
+
+
+def restyle_values(values: dict, names: list, library: StyleLibrary, origin: str) -> list[str]:
+    """Request values read from A1111 infotext whose prompt holds the styled text, and the `Styles:` names.
+
+    When this machine has those styles and they give exactly that text, the values are changed to the
+    user's prompt and negative with ``styles`` set, so a replay applies each style once. Otherwise the
+    text stays as written (it is what was encoded) and no style is applied again. Returns notes.
+    """
+    names = [n for n in names if isinstance(n, str) and _key(n) != _key(EXPANSION_STYLE)]
+    if not names:
+        return []
+    shown = ", ".join(repr(n[:60]) for n in names[:8])
+    found, missing = split_known(names, library)
+    if missing or len(found) > MAX_REQUEST_STYLES:
+        return [f"{origin}: styles {shown} are not all here; the prompt is kept as written, with their text in it"]
+    styles = library.resolve(found)
+    got = unapply_styles(values.get("prompt", ""), values.get("negative_prompt", ""), styles)
+    if got is None:
+        return [f"{origin}: styles {shown}: the text here does not give the prompt as written (another style "
+                "text, or an expanded prompt); the prompt is kept as written, with their text in it"]
+    values["prompt"], values["negative_prompt"] = got
+    values["styles"] = list(dict.fromkeys(s.name for s in styles))
+    return [f"{origin}: styles {shown} found in the prompt and applied again from here"]
