@@ -178,10 +178,12 @@ class StyleLibrary:
                 f"for your own, put a Fooocus-format JSON file holding it in {where}{problems}")
 
     def search(self, query: str = "") -> list[Style]:
-        """The styles whose name or text holds every word of ``query`` (case aside), in listing order."""
+        """The styles whose name or text holds every word of ``query`` (case aside): those matched by
+        name first, each group in listing order."""
         words = query.casefold().split()
-        return [s for s in self.styles.values()
+        hits = [s for s in self.styles.values()
                 if all(w in f"{s.name}\n{s.prompt}\n{s.negative_prompt}".casefold() for w in words)]
+        return sorted(hits, key=lambda s: not all(w in s.name.casefold() for w in words))
 
     def listing(self) -> list[dict]:
         return [{"name": s.name, "source": s.source} for s in self.styles.values()]
