@@ -203,8 +203,9 @@ def _config(args):
     config = AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
                                 allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None),
                                 styles_dir=getattr(args, "styles_dir", None))
-    # The app lists a missing folder among the styles' problems; a command line naming one is a mistake.
-    if config.styles_dir is not None and not config.styles_dir.is_dir():
+    # The app lists a missing folder among the styles' problems; for a command that uses styles, a
+    # folder that is not there is a mistake to say now.
+    if hasattr(args, "styles_dir") and config.styles_dir is not None and not config.styles_dir.is_dir():
         raise StudioError(f"styles folder {config.styles_dir} is not a folder (--styles-dir or STUDIO_STYLES_DIR)")
     return config
 
