@@ -23,6 +23,10 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", help="a prompt; repeat for several jobs in one process")
     p.add_argument("--prompt-file", type=Path, help="a file with one prompt a line")
     p.add_argument("--negative", default=None, help="negative prompt")
+    p.add_argument("--style", action="append", metavar="NAME",
+                   help="apply a style (repeatable, applied in order; `studio styles` lists them)")
+    p.add_argument("--styles-dir", type=Path, metavar="DIR",
+                   help="a folder of Fooocus-format style files (*.json) to add to studio's styles")
     p.add_argument("--seed", type=int)
     p.add_argument("--seed-mode", choices=["fixed", "increment", "random"])
     p.add_argument("--batch", type=int)
@@ -86,14 +90,24 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("source", type=Path, metavar="FILE")
     imp.add_argument("--from", dest="kind", choices=["fooocus", "a1111", "image"], required=True)
     imp.add_argument("--out", type=Path, required=True, metavar="OUT.json")
+    imp.add_argument("--styles-dir", type=Path, metavar="DIR",
+                     help="a folder of Fooocus-format style files: the import applies the styles found there too")
     imp.add_argument("--json", action="store_true")
     diff = preset_sub.add_parser("diff", help="what will differ if this preset runs here")
     diff.add_argument("preset_file", metavar="P", help="preset name or file")
     diff.add_argument("--models-dir", type=Path)
+    diff.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
     diff.add_argument("--json", action="store_true")
     info = sub.add_parser("info", help="the settings recovered from an image (studio's own, A1111 infotext, or Fooocus JSON)")
     info.add_argument("image", type=Path)
+    info.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
     info.add_argument("--json", action="store_true")
+    styles = sub.add_parser("styles", help="list the styles (studio's and a --styles-dir folder's) and the "
+                                           "problems reading them")
+    styles.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
+    styles.add_argument("--search", default="", metavar="WORDS", help="only the styles whose name or text holds "
+                                                                       "every word")
+    styles.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the models that can be picked")
     models.add_argument("--models-dir", type=Path)
     models.add_argument("--json", action="store_true")
@@ -167,6 +181,8 @@ def requests_from_args(args, registry=None):
             values[field] = getattr(args, flag)
     if args.expansion is not None:
         values["expansion"] = args.expansion == "on"
+    if args.style is not None:
+        values["styles"] = args.style  # replaces the preset's list: the styles given are all that apply
     backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode),
                                  ("text_encoder", args.text_encoder)) if v}
     if backend:
@@ -188,9 +204,20 @@ def _config(args):
     lru = getattr(args, "lru", None)
     if lru is not None and not 1 <= lru <= 64:
         raise StudioError(f"--lru {lru}: keep 1 to 64 compiled variants in memory")
-    return AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
-                              allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None),
-                              compile_cache_size=getattr(args, "lru", None))
+    config = AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
+                                allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None),
+                                compile_cache_size=lru, styles_dir=getattr(args, "styles_dir", None))
+    # The app lists a missing folder among the styles' problems; for a command that uses styles, a
+    # folder that is not there is a mistake to say now.
+    if hasattr(args, "styles_dir") and config.styles_dir is not None and not config.styles_dir.is_dir():
+        raise StudioError(f"styles folder {config.styles_dir} is not a folder (--styles-dir or STUDIO_STYLES_DIR)")
+    return config
+
+
+def _style_library(args):
+    from studio.styles import load_library
+
+    return load_library(_config(args).styles_dir)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -306,14 +333,16 @@ def _import_preset(args) -> dict:
     from studio.metadata.read import read_metadata
     from pydantic import ValidationError
 
-    from studio.service import fooocus_metadata, model_name
+    from studio.service import fooocus_metadata, missing_styles_notes, model_name
     from studio.settings import Preset, build_request, drop_retired_keys, validation_message
+    from studio.styles import restyle_values
 
     report: dict = {"notes": []}
     sha = None
     plan = None
+    library = _style_library(args)
     if args.kind == "fooocus":
-        imported = load_fooocus_preset(args.source)
+        imported = load_fooocus_preset(args.source, library)
         values, (model, notes) = imported.request_values, model_name(imported.model_file)
         report.update(downloads=imported.downloads, unknown_keys=imported.unknown_keys, ignored=imported.ignored)
         report["notes"] += imported.notes + notes
@@ -329,7 +358,7 @@ def _import_preset(args) -> dict:
         else:
             meta = read_metadata(args.source)
             text, record = meta["parameters"], meta["studio"]
-        fooocus = fooocus_metadata(text) if record is None else None
+        fooocus = fooocus_metadata(text, library) if record is None else None
         if record is not None:  # our own image: its whole plan
             plan = record.get("plan")
             try:
@@ -340,7 +369,7 @@ def _import_preset(args) -> dict:
                 raise StudioError(f"{args.source}: the studio record has no plan") from None
             values.pop("model", None)
             values, dropped = drop_retired_keys(values)
-            report["notes"] += notes + dropped
+            report["notes"] += notes + dropped + missing_styles_notes(values.get("styles"), library)
         elif fooocus is not None:  # Fooocus's own JSON scheme
             values, sha = fooocus["request"], fooocus["model_sha256"]
             model, notes = model_name(fooocus["model"])
@@ -351,7 +380,7 @@ def _import_preset(args) -> dict:
             values = to_request_values(parsed)
             model, notes = model_name(values.pop("model", None))
             report.update(unknown_fields=parsed["unknown"], model_hash=parsed["model_hash"])
-            report["notes"] += parsed["notes"] + notes
+            report["notes"] += parsed["notes"] + notes + restyle_values(values, parsed["styles"], library, "Styles")
             if parsed["model_hash"]:
                 report["notes"].append(f"A1111 gives only a short model hash ({parsed['model_hash']}); "
                                        "`studio preset diff` checks the full sha256 once model.sha256 is set")
@@ -374,14 +403,34 @@ def _import_preset(args) -> dict:
 def cmd_info(args) -> dict:
     from studio.service import read_image_settings
 
-    out = read_image_settings(args.image)
+    out = read_image_settings(args.image, _style_library(args))
     # The service's summary fields that `studio info --json` never had (its contract is DESIGN.md's).
-    drop = {"studio": ("model", "model_sha256", "notes"), "a1111": ("model", "model_sha256")}
+    drop = {"studio": ("model", "model_sha256"), "a1111": ("model", "model_sha256")}
     for key in drop.get(out["source"], ()):
         out.pop(key, None)
     if not args.json:
         print(json.dumps(out.get("request"), indent=2, ensure_ascii=False))
+        for style in out.get("styles") or []:
+            if isinstance(style, dict):
+                print(f"style {style.get('name')}: {style.get('prompt')!r} / negative {style.get('negative_prompt')!r}")
+        for note in out.get("notes") or []:
+            print(f"note: {note}")
     return out
+
+
+def cmd_styles(args) -> dict:
+    library = _style_library(args)
+    shown = library.search(args.search)
+    if not args.json:
+        for style in shown:
+            print(f"{style.name}  ({style.source})")
+        for line in library.notes:
+            print(f"note: {line}", file=sys.stderr)
+        for line in library.problems:
+            print(f"problem: {line}", file=sys.stderr)
+    return {"styles": [s.record() for s in shown], "count": len(library.styles),
+            "styles_dir": None if library.folder is None else str(library.folder),
+            "problems": library.problems, "notes": library.notes}
 
 
 def cmd_verify(args) -> dict:
@@ -418,7 +467,7 @@ def cmd_verify(args) -> dict:
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
-            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info}
+            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info, "styles": cmd_styles}
 
 
 def main(argv: list[str] | None = None) -> int:

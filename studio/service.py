@@ -90,8 +90,12 @@ class Studio:
         from studio import presets
         from studio.repro import diff, environment
 
+        from studio.styles import split_known
+
         model, found = presets.locate_model(preset, self.registry)
-        request = preset.request.model_copy(update={"model": model})
+        # A style missing here is one of the report's differences, not a refusal to compare.
+        known, _ = split_known(preset.request.styles, self.engine.styles)
+        request = preset.request.model_copy(update={"model": model, "styles": known})
         plan = self.engine.plan(request)
         report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
         return OpenedSettings(request=request, plan=plan, report=report, notes=list(notes) + found)
@@ -118,7 +122,7 @@ class Studio:
         from studio import presets
         from studio.settings import Preset, build_request, drop_retired_keys
 
-        info = read_image_settings(path)
+        info = read_image_settings(path, self.engine.styles)
         values, retired = drop_retired_keys(dict(info.get("request") or {}))
         model, notes = model_name(info.get("model"))
         notes = retired + notes
@@ -128,8 +132,11 @@ class Studio:
         build_request(**{**values, "model": "tiny"})  # the values themselves are valid (a clear line if not)
         preset = Preset(model={"file": model, "sha256": sha if _is_sha256(sha) else None},
                         request={**values}, plan=info.get("plan") if info["source"] == "studio" else None)
+        from studio.styles import split_known
+
         located, found = presets.locate_model(preset, self.registry)
-        request = preset.request.model_copy(update={"model": located})
+        known, _ = split_known(preset.request.styles, self.engine.styles)  # the missing ones are in the notes
+        request = preset.request.model_copy(update={"model": located, "styles": known})
         plan = self.engine.plan(request)
         if info["source"] == "studio":
             from studio.repro import diff, environment
@@ -196,45 +203,70 @@ def model_name(name: Optional[str]) -> tuple[str, list[str]]:
     return plain, ([] if plain == name else [f"model path {name!r} kept as its file name {plain!r}"])
 
 
-def fooocus_metadata(text: Optional[str]) -> Optional[dict]:
+def fooocus_metadata(text: Optional[str], library=None) -> Optional[dict]:
     """Fooocus's JSON metadata parsed, or None when ``text`` is not a JSON object (A1111 text then)."""
     from studio.metadata.fooocus_image import looks_like_fooocus_json, parse_fooocus_json
 
     if not looks_like_fooocus_json(text):
         return None
     try:
-        return parse_fooocus_json(text)
+        return parse_fooocus_json(text, library)
     except StudioError:
         return None  # an A1111 prompt may start with "{" too (dynamic prompts)
 
 
-def read_image_settings(path: Path) -> dict:
+def missing_styles_notes(names, library) -> list[str]:
+    from studio.styles import split_known
+
+    _, missing = split_known(names if isinstance(names, list) else [], library)
+    if not missing:
+        return []
+    return [f"styles {', '.join(repr(m) for m in missing[:8])} are not here: put a Fooocus-format style file "
+            "holding them in the styles folder (--styles-dir DIR) before running it (the preset keeps their "
+            "names and the text they had)"]
+
+
+def _style_records(names, library) -> list[dict]:
+    """The styles a foreign image's request applies, with the text they have here."""
+    return [library.get(n).record() for n in names or [] if library.get(n) is not None]
+
+
+def read_image_settings(path: Path, library=None) -> dict:
     """The generation settings an image carries: studio's own record, Fooocus's JSON, or A1111 infotext.
 
-    ``source`` says which; ``request`` holds request values (a studio record's model is in ``plan``).
+    ``source`` says which; ``request`` holds request values (a studio record's model is in ``plan``);
+    ``styles`` the styles applied with their text; ``library`` (the style library here, default the
+    shipped one) finds styles by name.
     """
     from studio.metadata.a1111 import parse_infotext, to_request_values
     from studio.metadata.read import read_metadata
+    from studio.styles import load_library, restyle_values
 
+    library = library if library is not None else load_library(None)
     meta = read_metadata(path)
     if meta["studio"] is not None:
         record = meta["studio"]
         plan = record.get("plan") or {}
         model = plan.get("model") if isinstance(plan.get("model"), dict) else {}
+        prompt = plan.get("prompt") if isinstance(plan.get("prompt"), dict) else {}
         return {"source": "studio", "format": meta["format"], "request": plan.get("request"),
-                "model": model.get("name"), "model_sha256": model.get("sha256"),
+                "styles": prompt.get("styles") or [], "model": model.get("name"), "model_sha256": model.get("sha256"),
                 "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
-                "notes": [], "parameters": meta["parameters"]}
-    if (fooocus := fooocus_metadata(meta["parameters"])) is not None:
+                "notes": missing_styles_notes((plan.get("request") or {}).get("styles"), library),
+                "parameters": meta["parameters"]}
+    if (fooocus := fooocus_metadata(meta["parameters"], library)) is not None:
         return {"source": "fooocus", "format": meta["format"], "request": fooocus["request"],
+                "styles": _style_records(fooocus["request"].get("styles"), library),
                 "model": fooocus["model"], "model_sha256": fooocus["model_sha256"], "fields": fooocus["fields"],
                 "unknown": fooocus["unknown"], "ignored": fooocus["ignored"], "notes": fooocus["notes"],
                 "parameters": meta["parameters"]}
     if meta["parameters"]:
         parsed = parse_infotext(meta["parameters"])
         values = to_request_values(parsed)
+        notes = parsed["notes"] + restyle_values(values, parsed["styles"], library, "Styles")
         return {"source": "a1111", "format": meta["format"], "request": values, "model": values.get("model"),
-                "model_sha256": None, "fields": parsed["fields"], "unknown": parsed["unknown"],
-                "model_hash": parsed["model_hash"], "notes": parsed["notes"], "parameters": meta["parameters"]}
+                "model_sha256": None, "styles": _style_records(values.get("styles"), library),
+                "styles_named": parsed["styles"], "fields": parsed["fields"], "unknown": parsed["unknown"],
+                "model_hash": parsed["model_hash"], "notes": notes, "parameters": meta["parameters"]}
     raise StudioError(f"no generation settings found in {Path(path).name} (no studio record, no A1111 "
                       "parameters, no Fooocus metadata)")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from studio.engine.samplers import SAMPLERS, split_alias, unknown_sampler_message
 from studio.errors import StudioError
 from studio.prompts.chunking import MAX_PROMPT_CHARS
-from studio.untrusted import check_name
+from studio.untrusted import MAX_REQUEST_STYLES, check_name
 
 DType = Literal["fp32", "fp16", "bf16"]
 SeedMode = Literal["fixed", "increment", "random"]
@@ -51,6 +51,9 @@ class BackendSpec(_Strict):
 class GenerationRequest(_Strict):
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    styles: list[str] = Field(default_factory=list, max_length=MAX_REQUEST_STYLES,
+                              description="style names, applied in this order before expansion and chunking "
+                                          "(studio/styles.py); 'Fooocus V2' turns expansion on instead")
     seed: Optional[int] = Field(default=None, ge=0, le=MAX_SEED, description="None, or seed_mode random, draws a new seed")
     seed_mode: SeedMode = "fixed"
     batch: int = Field(default=1, ge=1, le=16)
@@ -90,6 +93,28 @@ class GenerationRequest(_Strict):
         # A request may come from a preset, an image or a remote client: it names, it never points.
         return None if v is None else _as_name(v, "model" if info.field_name == "model" else "expansion model")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _expansion_style(cls, data):
+        # Fooocus lists its prompt expansion among the styles; here it is the expansion toggle.
+        if isinstance(data, dict) and isinstance(data.get("styles"), list):
+            from studio.styles import EXPANSION_STYLE
+
+            if EXPANSION_STYLE in data["styles"]:
+                data = {**data, "styles": [s for s in data["styles"] if s != EXPANSION_STYLE], "expansion": True}
+        return data
+
+    @field_validator("styles")
+    @classmethod
+    def _style_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            # A style is looked up by name in the library, never opened as a file: a path is refused.
+            _as_name(name, "style")
+        twice = sorted({name for name in v if v.count(name) > 1})
+        if twice:
+            raise ValueError(f"style {twice[0][:80]!r} is given twice")
+        return v
+
     @field_validator("width", "height")
     @classmethod
     def _size(cls, v: Optional[int]) -> Optional[int]:
@@ -122,6 +147,7 @@ class AppConfig(_Strict):
     models_dir: Path = Path("models")
     output_dir: Path = Path("outputs")
     cache_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/studio")))
+    styles_dir: Optional[Path] = Field(default=None, description="a folder of Fooocus-format style files")
     allow_unsafe_pickle: bool = False
     # How many compiled variants (signatures) a compiling backend keeps in memory. A property of this
     # process, not of an image: it never changes pixels, so it lives here and not in requests or presets.
@@ -132,7 +158,7 @@ class AppConfig(_Strict):
         """Defaults, then STUDIO_* environment variables, then explicit overrides (None = unset)."""
         values: dict = {}
         for field, env in (("models_dir", "STUDIO_MODELS_DIR"), ("output_dir", "STUDIO_OUTPUT_DIR"),
-                           ("cache_dir", "STUDIO_CACHE_DIR")):
+                           ("cache_dir", "STUDIO_CACHE_DIR"), ("styles_dir", "STUDIO_STYLES_DIR")):
             if os.environ.get(env):
                 values[field] = Path(os.environ[env])
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -16,6 +16,11 @@ MAX_INFOTEXT_BYTES = 1 << 20  # an A1111 parameters text file
 MAX_PROMPT_FILE_BYTES = 1 << 20
 MAX_PROMPT_FILE_LINES = 1000  # prompts in one --prompt-file run
 MAX_AUTH_FILE_BYTES = 64 << 10
+MAX_STYLES_FILE_BYTES = 1 << 20  # one Fooocus style file; Fooocus's largest shipped one is ~100 kB
+MAX_STYLE_FILES = 200  # *.json files read from a styles folder
+MAX_STYLES = 5000  # styles in the library, the shipped ones included (Fooocus ships ~280)
+MAX_STYLE_TEXT_CHARS = 4000  # one style's prompt template or negative part
+MAX_REQUEST_STYLES = 16  # styles applied in one request
 
 
 def is_plain_name(name) -> bool:

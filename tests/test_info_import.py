@@ -97,7 +97,8 @@ def test_import_fooocus_preset(capsys, cache_dir, tmp_path):
         ("dpmpp_2m_sde_karras-gpu", 4.0, 1152, 896, 30, "a fox", "ugly")
     assert doc["report"]["downloads"] == ["https://example.invalid/j.safetensors"]
     assert "made_up_key" in doc["report"]["unknown_keys"]
-    assert "default_styles" in doc["report"]["ignored"]
+    assert any("'Fooocus Enhance' are not here" in n and "--styles-dir" in n for n in doc["report"]["notes"])
+    assert r["expansion"] is True  # 'Fooocus V2' is studio's expansion toggle
     # the imported preset is a valid studio preset; its model is not here, which the loader says
     code, _, err = run(capsys, "plan", "--preset", out_path, "--json")
     assert code == 2 and "juggernautXL_v8Rundiffusion.safetensors" in err and "not here" in err

@@ -12,14 +12,15 @@ import numpy as np
 from studio import __version__
 from studio.backends.base import Backend, ImageSkipped, RunHooks, StepCallback
 from studio.engine import determinism, noise
-from studio.engine.plan import ModelInfo, NoisePlan, Plan, PromptPlan
+from studio.engine.plan import AppliedStyle, ModelInfo, NoisePlan, Plan, PromptPlan
 from studio.engine.samplers import sampler_spec, split_alias
 from studio.errors import StudioError
 from studio.models.registry import ModelRegistry, ModelSource, architecture, short_hash
 from studio.models.tokenizer import clip_tokenizer
-from studio.prompts.chunking import check_length, count_tokens
+from studio.prompts.chunking import MAX_PROMPT_CHARS, check_length, count_tokens
 from studio.repro import risks
 from studio.settings import AppConfig, GenerationRequest
+from studio.styles import StyleLibrary, apply_styles, load_library
 
 
 @dataclass
@@ -106,6 +107,8 @@ class Engine:
         self.registry = ModelRegistry(config.models_dir, config.cache_dir, config.allow_unsafe_pickle)
         self._backends: dict[str, Backend] = {}
         self._expanders: dict[str, Any] = {}  # causal-LM expanders by folder, loaded once
+        # Read once here, so planning stays pure; a broken folder file is a line in .problems, not a failure.
+        self.styles: StyleLibrary = load_library(config.styles_dir)
         # One run at a time: backends keep mutable state (the pipeline's scheduler, cached conditioning,
         # compiled variants) that two runs side by side would tear, and determinism flags are process-wide.
         # Plans need no lock: planning only reads.
@@ -177,10 +180,16 @@ class Engine:
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
         )
 
-    def _expand(self, request: GenerationRequest, seeds: list[int]) -> tuple[list[str], Optional[dict]]:
-        """The text each image encodes: as written, expanded with the image's seed, or replayed."""
+    def reload_styles(self) -> StyleLibrary:
+        """Read the styles again (after the folder's files changed)."""
+        self.styles = load_library(self.config.styles_dir)
+        return self.styles
+
+    def _expand(self, request: GenerationRequest, seeds: list[int], text: str) -> tuple[list[str], Optional[dict]]:
+        """The text each image encodes: ``text`` (the styled prompt) as written, expanded with the image's
+        seed, or replayed."""
         if not request.expansion:
-            return [request.prompt] * len(seeds), None
+            return [text] * len(seeds), None
         replay = request.expanded_prompt
         if replay is not None:
             texts = list(replay) if isinstance(replay, list) else [replay] * len(seeds)
@@ -189,7 +198,7 @@ class Engine:
 
         if request.expander == "wordbank":
             def expand(seed):
-                return expansion.wordbank_expand(request.prompt, seed, self.tokenizer(), request.expansion_new_chunk)
+                return expansion.wordbank_expand(text, seed, self.tokenizer(), request.expansion_new_chunk)
         else:
             if not request.expansion_model:
                 raise StudioError("the causal-lm expander needs a model folder (--expansion-model NAME or DIR)")
@@ -199,7 +208,7 @@ class Engine:
                     folder, allow_unsafe_pickle=self.config.allow_unsafe_pickle)
 
             def expand(seed):
-                return self._expanders[folder].expand(request.prompt, seed, self.tokenizer(),
+                return self._expanders[folder].expand(text, seed, self.tokenizer(),
                                                       request.expansion_new_chunk)
         results = [expand(seed) for seed in seeds]
         return [r.text for r in results], {"expander": results[0].expander, "seeds": seeds,
@@ -207,20 +216,29 @@ class Engine:
 
     def _prompt_plan(self, request: GenerationRequest, seeds: list[int]) -> PromptPlan:
         tok = self.tokenizer()
-        finals, expansion_info = self._expand(request, seeds)
+        # Styles first: expansion, the token counter, chunking and the compile prediction all see the styled text.
+        styles = self.styles.resolve(request.styles)
+        styled, negative = apply_styles(request.prompt, request.negative_prompt, styles)
+        for what, text in (("prompt", styled), ("negative prompt", negative)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise StudioError(f"the {what} with its styles is {len(text)} characters; the most is "
+                                  f"{MAX_PROMPT_CHARS}: pick fewer styles or shorten it")
+        finals, expansion_info = self._expand(request, seeds, styled)
         # Every image is encoded with the same chunk count (the longest text's), so a batch whose
         # expanded texts differ in length still runs on one compiled variant.
         counts = {text: count_tokens(text, tok, request.comma_backtrack) for text in finals}
         for count in counts.values():
             check_length(count, "prompt")
         pos = max(counts.values(), key=lambda c: (c.chunks, c.tokens))
-        neg = count_tokens(request.negative_prompt, tok, request.comma_backtrack)
+        neg = count_tokens(negative, tok, request.comma_backtrack)
         check_length(neg, "negative prompt")
         padded = int(request.chunk_policy.split(":")[1]) if request.chunk_policy.startswith("pad:") else 1
-        return PromptPlan(prompt=request.prompt, prompt_final=finals[0], negative=request.negative_prompt,
+        return PromptPlan(prompt=request.prompt, prompt_final=finals[0], negative=negative,
                           tokens=pos.tokens, chunks=pos.chunks, negative_tokens=neg.tokens,
                           negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded),
-                          expansion=expansion_info, per_image=finals if len(set(finals)) > 1 else None)
+                          expansion=expansion_info, per_image=finals if len(set(finals)) > 1 else None,
+                          styles=[AppliedStyle(**s.record()) for s in styles],
+                          prompt_styled=styled if styles else None)
 
     def with_current_compile(self, plan: Plan) -> Plan:
         """``plan`` with its compile prediction made again now (jobs run since it was planned change it)."""

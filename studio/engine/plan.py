@@ -34,10 +34,19 @@ class ResolvedBackend(_Frozen):
     text_encoder: str = "torch"  # where the text encoder runs: torch (on the CPU for OpenVINO) or openvino
 
 
+class AppliedStyle(_Frozen):
+    """A style as it was applied: its text is recorded, so a machine whose style of that name differs can tell."""
+
+    name: str
+    prompt: str
+    negative_prompt: str
+    source: str  # "studio", or the styles folder's file it came from
+
+
 class PromptPlan(_Frozen):
     prompt: str
-    prompt_final: str  # what is encoded: the prompt after expansion (the first image's, see per_image)
-    negative: str
+    prompt_final: str  # what is encoded: the prompt after styles and expansion (the first image's, see per_image)
+    negative: str  # what is encoded: the negative prompt after styles (the request holds the user's)
     tokens: int  # the longest of the encoded texts
     chunks: int
     negative_tokens: int
@@ -47,6 +56,8 @@ class PromptPlan(_Frozen):
     # Expansion is seeded by each image's seed, so each image of a batch has its own text; None when
     # every image encodes prompt_final.
     per_image: Optional[list[str]] = None
+    styles: list[AppliedStyle] = []  # in the order applied (studio/styles.py says how they combine)
+    prompt_styled: Optional[str] = None  # the prompt after styles, before expansion; None without styles
 
     @property
     def own_chunks(self) -> int:

@@ -31,6 +31,9 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
     ]
     if request.clip_skip != 1:
         fields.append(("Clip skip", request.clip_skip))
+    if plan.prompt.styles:
+        # SD.Next's field; the prompt lines above hold the styled text, so other tools see what was encoded.
+        fields.append(("Styles", ", ".join(s.name for s in plan.prompt.styles)))
     if plan.backend.precision.get("vae") != "fp32":
         fields.append(("VAE precision", plan.backend.precision["vae"]))
     fields += [
@@ -238,13 +241,15 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
 
 
 def parse_infotext(text: str) -> dict:
-    """A1111 infotext → {"prompt", "negative_prompt", "fields", "request", "model_hash", "unknown", "notes"}.
+    """A1111 infotext → {"prompt", "negative_prompt", "fields", "request", "model_hash", "styles", "unknown", "notes"}.
 
     `fields` keeps every `key: value` of the parameters line, in order, values unquoted;
     `request` holds GenerationRequest values for what maps and is valid (prompt and negative
     prompt included); `unknown` the fields that did not map (or did not parse, or are out of
-    range). Text without a parameters line is all prompt. Raises StudioError only, for text
-    over 64 KiB.
+    range). `styles` lists the names of a `Styles:` field (SD.Next's, and studio's): the prompt
+    holds the styled text, so they are not put in `request` (studio.styles.restyle_values takes them
+    out of the text when this machine has them). Text without a parameters line is all prompt.
+    Raises StudioError only, for text over 64 KiB.
     """
     if isinstance(text, (bytes, bytearray)):
         if len(text) > MAX_INFOTEXT_BYTES:
@@ -275,6 +280,7 @@ def parse_infotext(text: str) -> dict:
     negative = "\n".join(negative_lines).strip()
     notes: list[str] = []
     request, model_hash, unknown = _map_fields(fields, notes)
+    styles = [name.strip() for name in unknown.pop("Styles", "").split(",") if name.strip()][:64]
     values: dict = {}
     if is_valid_request(prompt=prompt):
         values["prompt"] = prompt
@@ -282,7 +288,7 @@ def parse_infotext(text: str) -> dict:
         values["negative_prompt"] = negative
     values.update(request)
     return {"prompt": prompt, "negative_prompt": negative, "fields": fields, "request": values,
-            "model_hash": model_hash, "unknown": unknown, "notes": notes}
+            "model_hash": model_hash, "styles": styles, "unknown": unknown, "notes": notes}
 
 
 def to_request_values(parsed: dict) -> dict:

@@ -86,8 +86,12 @@ def fooocus_sampler(sampler: str, scheduler: str | None) -> str | None:
     return ours + ("-gpu" if gpu else "")
 
 
-def import_fooocus(data: object) -> FooocusImport:
-    """A parsed Fooocus preset (a JSON object) → FooocusImport. Raises StudioError only."""
+def import_fooocus(data: object, library=None) -> FooocusImport:
+    """A parsed Fooocus preset (a JSON object) → FooocusImport. Raises StudioError only.
+
+    ``library`` (studio.styles.StyleLibrary, default: studio's shipped styles) decides which of
+    default_styles are applied; the others are named in a note.
+    """
     if not isinstance(data, dict):
         raise StudioError(f"a Fooocus preset is a JSON object of default_* keys, not {show_value(data)}")
     bad = lone_surrogate(data)
@@ -249,10 +253,19 @@ def import_fooocus(data: object) -> FooocusImport:
         out.ignored["default_sample_sharpness"] = "Fooocus's sharpness (its own guidance tweak) has no studio equivalent"
     if "default_styles" in data:
         styles = data["default_styles"]
-        out.ignored["default_styles"] = "studio does not apply Fooocus styles"
-        if isinstance(styles, list) and "Fooocus V2" in [s for s in styles if isinstance(s, str)]:
-            out.notes.append("preset turns on 'Fooocus V2' prompt expansion; studio leaves expansion off "
-                             "(set expansion: true for studio's own expander, which records the text it adds)")
+        if not isinstance(styles, list):
+            note_type("default_styles", "a list of style names")
+        else:
+            from studio.styles import imported_styles, load_library
+
+            found, expansion, style_notes = imported_styles(styles, library or load_library(), "default_styles")
+            if found:
+                put("default_styles", "styles", found)
+            out.notes += style_notes
+            if expansion:
+                values["expansion"] = True
+                out.notes.append("preset turns on 'Fooocus V2' prompt expansion: studio's own expander is on "
+                                 "(its words differ from Fooocus's GPT-2; the plan records the text it adds)")
     if "previous_default_models" in data:
         out.ignored["previous_default_models"] = "Fooocus uses it only to find older model files"
     return out
@@ -277,8 +290,8 @@ def _enabled_loras(loras) -> list[str]:
     return found
 
 
-def load_fooocus_preset(path) -> FooocusImport:
+def load_fooocus_preset(path, library=None) -> FooocusImport:
     """Read a preset file (at most 1 MiB of JSON) and import it. Raises StudioError only."""
     path = Path(path)
     text = read_text_bounded(path, MAX_PRESET_BYTES, f"Fooocus preset {path.name}")
-    return import_fooocus(parse_json(text, f"cannot import {path.name}: the file"))
+    return import_fooocus(parse_json(text, f"cannot import {path.name}: the file"), library)

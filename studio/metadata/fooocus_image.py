@@ -41,8 +41,8 @@ _IGNORED = {
 }
 # Keys that describe the image or its maker, kept as information only.
 _INFORMATION = {"full_prompt", "full_negative_prompt", "version", "created_by", "metadata_scheme",
-                "base_model", "base_model_hash", "refiner_model_hash", "lora_hashes", "styles", "prompt_expansion"}
-_MAPPED = {"prompt", "negative_prompt", "steps", "resolution", "guidance_scale", "sampler", "scheduler", "seed",
+                "base_model", "base_model_hash", "refiner_model_hash", "lora_hashes", "prompt_expansion"}
+_MAPPED = {"styles", "prompt", "negative_prompt", "steps", "resolution", "guidance_scale", "sampler", "scheduler", "seed",
            "clip_skip", "loras", "refiner_model"}
 
 
@@ -85,11 +85,12 @@ def _styles(value) -> list[str]:
     return [a if a else b for a, b in _STYLE.findall(value[:4096])]
 
 
-def parse_fooocus_json(text: str) -> dict:
+def parse_fooocus_json(text: str, library=None) -> dict:
     """Fooocus JSON metadata → {"request", "model", "model_sha256", "fields", "unknown", "ignored", "notes"}.
 
     `request` holds GenerationRequest values for what maps and is valid; `fields` the object as
     it was; `unknown` the keys studio does not know; `ignored` known keys it does not use, with why.
+    ``library`` (studio.styles.StyleLibrary, default: studio's shipped styles) decides which styles apply.
     """
     if not isinstance(text, str):
         raise StudioError(f"Fooocus metadata must be text, not {type(text).__name__}")
@@ -155,18 +156,28 @@ def parse_fooocus_json(text: str) -> dict:
         else:
             put("sampler", "sampler", ours)
 
-    # Fooocus V2 expansion: the text it added is stored, so studio replays it verbatim.
+    # Styles this machine has are applied by name (studio.styles); the others are named in a note.
+    from studio.styles import apply_styles, imported_styles, load_library
+
+    library = library or load_library()
     styles = _styles(data.get("styles"))
+    found, _, style_notes = imported_styles(styles, library, "styles")
+    if found:
+        put("styles", "styles", found)
+    notes += style_notes
+    # Fooocus V2 expansion: the text it added is stored, so studio replays it verbatim.
     expansion = data.get("prompt_expansion")
     if EXPANSION_STYLE in styles and isinstance(expansion, str) and expansion.strip():
         values["expansion"] = True
-        put("prompt_expansion", "expanded_prompt", expansion)
+        replay = expansion
+        if "styles" in values:
+            # Fooocus encodes the styled prompt and then the expanded one; studio replays one text that holds
+            # both, so the styles are not lost behind the replayed expansion.
+            replay = ", ".join(p for p in (apply_styles(values.get("prompt", ""), "",
+                                                        library.resolve(values["styles"]))[0], expansion) if p)
+        put("prompt_expansion", "expanded_prompt", replay)
         notes.append("Fooocus V2 expansion: its stored text is replayed verbatim as the prompt (Fooocus encodes "
-                     "it beside the styled prompt, so the image will differ)")
-    other_styles = [s for s in styles if s != EXPANSION_STYLE]
-    if other_styles:
-        notes.append("styles " + ", ".join(other_styles[:8]) + " are Fooocus prompt templates; studio does not "
-                     "apply them, images will differ")
+                     "each part as its own CLIP pass, studio one joined text, so the image will differ)")
     if data.get("loras"):
         ignored["loras"] = "studio does not apply LoRAs"
         notes.append("the image used LoRAs; studio does not apply them, images will differ")

@@ -34,6 +34,30 @@ def _get(d: Optional[dict], dotted: str):
     return d
 
 
+def _style_text(style: dict) -> str:
+    return f"{style.get('prompt')!r} / negative {style.get('negative_prompt')!r}"
+
+
+def _style_differences(preset: Preset, there: dict, here: Plan, add) -> None:
+    from studio.styles import style_key
+
+    recorded = _get(there, "prompt.styles")
+    there_styles = {style_key(s["name"]): s for s in recorded if isinstance(s, dict) and isinstance(s.get("name"), str)} \
+        if isinstance(recorded, list) else {}
+    here_styles = {style_key(s.name): s.model_dump() for s in here.prompt.styles}
+    for name in preset.request.styles:
+        a, b = there_styles.get(style_key(name)), here_styles.get(style_key(name))
+        field = f"prompt.styles.{name}"
+        if b is None:
+            add(field, _style_text(a) if a else "applied", "not here", "different",
+                f"put a Fooocus-format style file holding style {name!r}"
+                + (" with the preset's text" if a else "") + " in the styles folder (--styles-dir DIR)")
+        elif a is not None and (a.get("prompt"), a.get("negative_prompt")) != (b["prompt"], b["negative_prompt"]):
+            add(field, _style_text(a), _style_text(b) + f" (from {b['source']})", "different",
+                f"style {name!r} has another text here: give the preset's text to a style of that name in the "
+                "styles folder (--styles-dir DIR), which replaces this one")
+
+
 def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
     there = preset.plan or {}
     env = preset.made_on.model_dump() if preset.made_on else {}
@@ -61,6 +85,8 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
         else:
             add("request.expanded_prompt", None, "expanded here from the seed", "drift",
                 "save the preset from a run so it stores the expanded text")
+    # the styles: the text each had there (recorded in the preset's plan) against the text here
+    _style_differences(preset, there, here, add)
     # the noise
     there_gen, here_gen = _get(there, "noise.generator_device"), here.noise.generator_device
     if here.noise.source == "device" or (there_gen and there_gen != "cpu"):
