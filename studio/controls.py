@@ -14,7 +14,7 @@ from typing import Literal, Optional
 from studio.engine.samplers import GPU_SUFFIX, SAMPLERS
 from studio.settings import BackendSpec, GenerationRequest, Precision
 
-Kind = Literal["text", "number", "slider", "choice", "check"]
+Kind = Literal["text", "number", "slider", "choice", "check", "multi"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,8 @@ CONTROLS: tuple[Control, ...] = (
     Control("chunk_policy", ("chunk_policy",), "Chunk policy", "choice", "--chunk-policy",
             "pad:N encodes every prompt as N chunks, so prompt length never recompiles"),
     Control("clip_skip", ("clip_skip",), "CLIP skip", "slider", None, "A1111's Clip skip: 1 = the last layer"),
+    Control("styles", ("styles",), "Styles", "multi", "--style",
+            "prompt templates applied in order before the prompt is counted and chunked"),
 )
 BY_NAME = {c.name: c for c in CONTROLS}
 CONTROL_ORDER = tuple(c.name for c in CONTROLS)

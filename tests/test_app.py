@@ -10,7 +10,7 @@ def controls(**overrides):
                   steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
                   deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
                   backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact",
-                  clip_skip=1)
+                  clip_skip=1, styles=[])
     values.update(overrides)
     return [values[name] for name in CONTROL_ORDER]
 

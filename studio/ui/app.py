@@ -130,7 +130,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     from studio.settings import build_request
     from studio.ui.gallery_copies import GalleryCopies
     from studio.ui.job_journal import JobJournal
-    from studio.ui.tabs import advanced, image_info, model as model_tab, presets as presets_tab, setting, verify
+    from studio.ui.tabs import (advanced, image_info, model as model_tab, presets as presets_tab, setting, style,
+                                verify)
 
     studio = Studio(config)
     model = model and studio.registry.name_from_flag(model)  # the operator's --model may be a path
@@ -298,6 +299,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                 with gr.Tabs(elem_id="advanced-tabs"):
                     with gr.Tab("Setting", elem_id="tab-setting"):
                         setting.build(page)
+                    with gr.Tab("Style", elem_id="tab-style"):
+                        style.build(page)
                     with gr.Tab("Model", elem_id="tab-model"):
                         model_tab.build(page)
                     with gr.Tab("Advanced", elem_id="tab-advanced"):

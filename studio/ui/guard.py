@@ -138,6 +138,13 @@ _KINDS = {"Number": ("number", True), "Slider": ("number", False), "Textbox": ("
 
 def _value_problem(component, value) -> str | None:
     kind, nullable = _KINDS.get(type(component).__name__, (None, True))
+    if kind == "text" and getattr(component, "multiselect", False):
+        # A multi-select list (styles): a list of texts.
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return f"must be a list of texts, got {_shown(value)}"
+        return None
     if kind is None:
         return None
     if value is None:  # "no value": the request model says whether the setting must have one

@@ -54,7 +54,8 @@ def request_values(values: dict) -> dict:
         backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"],
                  # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
                  "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
-        chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], expanded_prompt=_replay_texts(values),
+        chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], styles=values["styles"] or [],
+        expanded_prompt=_replay_texts(values),
     )
 
 
@@ -68,7 +69,7 @@ def control_values(request) -> dict:
         deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
         vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
         ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, chunk_policy=r.chunk_policy,
-        clip_skip=r.clip_skip,
+        clip_skip=r.clip_skip, styles=list(r.styles),
         replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
         if r.expansion and isinstance(r.expanded_prompt, list) else None,
         live_preview=True,

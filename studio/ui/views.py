@@ -78,6 +78,10 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
         + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
         + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
     ]
+    if plan.prompt.styles:
+        paragraphs.append("**Styles:** " + ", ".join(html.escape(st.name) for st in plan.prompt.styles)
+                          + f" → encoded prompt: {html.escape(plan.prompt.prompt_styled)}"
+                          + (f" · negative: {html.escape(plan.prompt.negative)}" if plan.prompt.negative else ""))
     if plan.compile is not None:
         c = plan.compile
         paragraphs.append(f"⚙️ **Will compile** `{c.signature}`: {c.reason}"

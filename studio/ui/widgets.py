@@ -21,6 +21,9 @@ def widget(name: str, value, choices=None, **extra):
     if control.kind == "slider":
         low, high = control.bounds
         return gr.Slider(low, high, value=value, step=control.step, **common)
+    if control.kind == "multi":
+        return gr.Dropdown(list(choices or []), value=list(value or []), multiselect=True, filterable=True,
+                           **common)
     options = list(choices if choices is not None else control.choices)
     if value not in options and value is not None:
         options.append(value)  # a value from a preset (a device, a checkpoint) is shown, not dropped
