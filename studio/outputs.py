@@ -31,12 +31,28 @@ def check_output_folder(out_dir: Path) -> None:
 
 
 def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = []
-    for i, image in enumerate(result.pil_images()):
-        seed = result.plan.seeds[i]
-        data = encode(image, result.plan, i, result.fingerprints[i], result.notes, fmt)
-        path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
-        saved.append({"path": str(path), "seed": seed, "noise_fingerprint": result.fingerprints[i],
-                      "prompt_final": result.plan.prompt.final_for(i), "width": image.width, "height": image.height})
+    """Save every image of ``result`` in ``out_dir`` and record each in the history and the day's log.
+
+    A history or log failure never costs an image: it becomes a note in ``result.notes`` (added after
+    every image is encoded, so no image's own record carries it).
+    """
+    from studio import history
+
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    saved, notes = [], []
+    try:
+        for i, image in enumerate(result.pil_images()):
+            seed = result.plan.seeds[i]
+            data = encode(image, result.plan, i, result.fingerprints[i], result.notes, fmt)
+            path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
+            saved.append({"path": str(path), "seed": seed, "noise_fingerprint": result.fingerprints[i],
+                          "prompt_final": result.plan.prompt.final_for(i), "width": image.width,
+                          "height": image.height})
+            # Recorded as soon as saved: if a later image fails (disk full), the saved ones are in the history.
+            notes += history.record_saved(out_dir, result.plan, i, result.fingerprints[i], path, result.notes, now)
+    finally:
+        if saved:
+            notes += history.refresh_day_log(out_dir, history.day_of(now))
+    result.notes.extend(n for n in dict.fromkeys(notes) if n not in result.notes)
     return saved

@@ -16,6 +16,11 @@ MAX_INFOTEXT_BYTES = 1 << 20  # an A1111 parameters text file
 MAX_PROMPT_FILE_BYTES = 1 << 20
 MAX_PROMPT_FILE_LINES = 1000  # prompts in one --prompt-file run
 MAX_AUTH_FILE_BYTES = 64 << 10
+# The output folder's history (.studio/history/*.jsonl) may be edited or planted by anyone who can write there.
+MAX_HISTORY_LINE_BYTES = 1 << 20  # one image's entry; studio's own stay under 0.7 MiB at the longest prompts
+MAX_HISTORY_DAY_BYTES = 64 << 20  # of one day's file, only the newest part this size is read
+MAX_HISTORY_DAYS = 3660  # day files looked at, newest first
+MAX_HISTORY_LIMIT = 1000  # entries in one listing
 
 
 def is_plain_name(name) -> bool:
