@@ -42,6 +42,7 @@ LOG_FOLDER = "log"  # <output>/log/YYYY-MM-DD.html, beside the flat images (src=
 SCHEMA_VERSION = 1
 _DAY_FILE = re.compile(r"(\d{4}-\d{2}-\d{2})\.jsonl")
 _BLOCK = 64 << 10
+_LINE_START = b'{"v":1,'  # how every line studio writes begins (json.dumps, compact, "v" first)
 _LOCK_WAIT_S = 10.0
 
 
@@ -194,16 +195,15 @@ def _make_folders(folder: Path) -> None:
 
 def append_line(path: Path, data: bytes) -> None:
     """Append one line with one write(2) on an O_APPEND descriptor: the kernel places it whole at the end,
-    after any other process's line. A short write (a full disk) raises; its torn tail is skipped by readers."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    after any other process's line. A short write (a full disk) raises; its torn tail is left to readers.
+
+    Nothing is read first (whether the file ends in a torn line): another process's write may be half
+    done at that moment, so the answer would be wrong. Readers recover a line glued to a torn one instead.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        # After a torn last line (a writer killed mid-write) this line starts a line of its own, so the
-        # torn one cannot swallow it. Two writers both seeing the tear add an empty line: skipped.
-        if st.st_size and os.pread(fd, 1, st.st_size - 1) != b"\n":
-            data = b"\n" + data
         written = os.write(fd, data)
         if written != len(data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -330,7 +330,7 @@ def _entry(line: bytes, output_dir: Path, day: str) -> Optional[Entry]:
     if not line.strip():
         return None
     try:
-        rec = Record.model_validate(parse_json(line, "history line"))
+        rec = Record.model_validate(_parse_line(line))
     except (StudioError, ValidationError):
         return None
     if rec.day != day:
@@ -348,6 +348,19 @@ def _entry(line: bytes, output_dir: Path, day: str) -> Optional[Entry]:
     except Exception as exc:  # a hostile key (e.g. not a string) makes ** itself fail
         request, error = None, f"the recorded request is not valid ({type(exc).__name__})"
     return Entry(rec, path, request, error)
+
+
+def _parse_line(line: bytes):
+    try:
+        return parse_json(line, "history line")
+    except StudioError:
+        # A writer killed mid-line leaves a torn line with no newline, and the next line is appended right
+        # after it. Every line starts with _LINE_START, which json.dumps can never write inside a string
+        # (its quotes are escaped there): the last one in the line is where the whole line begins.
+        cut = line.rfind(_LINE_START, 1)
+        if cut < 0:
+            raise
+        return parse_json(line[cut:], "history line")
 
 
 def _lines_newest_first(path: Path, budget: int) -> Iterator[bytes]:

@@ -27,9 +27,10 @@ def command_line(entry) -> tuple[str, list[str]]:
     the size is the one the image was made at.
     """
     r, rec = entry.request, entry.record
-    args = ["studio", "generate", "--prompt", r.prompt]
+    # Texts as --flag=TEXT: a prompt starting with "-" would otherwise be read as a flag.
+    args = ["studio", "generate", f"--prompt={r.prompt}"]
     if r.negative_prompt:
-        args += ["--negative", r.negative_prompt]
+        args.append(f"--negative={r.negative_prompt}")
     args += ["--seed", str(r.seed), "--steps", str(r.steps), "--cfg", repr(float(r.cfg)), "--sampler", r.sampler,
              "--width", str(r.width or rec.width), "--height", str(r.height or rec.height), "--model", r.model,
              "--backend", r.backend.name, "--device", r.backend.device]
@@ -48,7 +49,7 @@ def command_line(entry) -> tuple[str, list[str]]:
         if r.expansion_new_chunk:
             args.append("--expansion-new-chunk")
     if isinstance(r.expanded_prompt, str):
-        args += ["--expanded-prompt", r.expanded_prompt]
+        args.append(f"--expanded-prompt={r.expanded_prompt}")
     if r.chunk_policy != "exact":
         args += ["--chunk-policy", r.chunk_policy]
     if r.batch != 1:
