@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     styles.add_argument("--search", default="", metavar="WORDS", help="only the styles whose name or text holds "
                                                                        "every word")
     styles.add_argument("--json", action="store_true")
+    history = sub.add_parser("history", help="the images saved in the output folder, newest first, with their settings")
+    history.add_argument("--limit", type=int, default=20, help="how many entries (default 20)")
+    history.add_argument("--offset", type=int, default=0, help="skip this many newest entries first")
+    history.add_argument("--out", type=Path, help="output folder")
+    history.add_argument("--json", action="store_true")
     models = sub.add_parser("models", help="list the models that can be picked")
     models.add_argument("--models-dir", type=Path)
     models.add_argument("--json", action="store_true")
@@ -240,6 +245,8 @@ def cmd_generate(args) -> dict:
     for plan in plans:
         job = studio.run_job(plan, args.format)
         plan, result, images = job.plan, job.result, job.saved
+        for note in job.history_notes:  # the images are saved, but their history or log is not
+            print(f"note: {note}", file=sys.stderr)
         jobs.append({
             "prompt": plan.prompt.prompt,
             "prompt_final": plan.prompt.prompt_final,
@@ -300,6 +307,30 @@ def cmd_models(args) -> dict:
     if not args.json:
         print("\n".join(names))
     return {"models": names, "models_dir": str(config.models_dir)}
+
+
+def cmd_history(args) -> dict:
+    from studio import history
+    from studio.errors import one_line
+    from studio.untrusted import MAX_HISTORY_LIMIT
+
+    if not 1 <= args.limit <= MAX_HISTORY_LIMIT:
+        raise StudioError(f"--limit {args.limit}: give a number from 1 to {MAX_HISTORY_LIMIT}")
+    if args.offset < 0:
+        raise StudioError(f"--offset {args.offset}: give 0 or more")
+    out = _config(args).output_dir
+    if args.out is not None and not args.out.is_dir():  # the default folder may simply not exist yet
+        raise StudioError(f"--out {args.out}: " + ("not a folder" if args.out.exists() else "no such folder"))
+    found = history.entries(out, limit=args.limit, offset=args.offset)
+    if not args.json:
+        for e in found:
+            r = e.record
+            # Recorded text is untrusted: one line, control characters escaped, for the terminal.
+            print(one_line(f"{r.time}  {e.path}  seed {r.seed}  noise {r.noise_fingerprint}  {r.model.name}  "
+                           f"{r.sampler} {r.steps} steps cfg {r.cfg} {r.width}x{r.height}  {r.prompt[:80]!r}"
+                           + ("" if e.request is not None else f"  (no Apply: {e.request_error})")))
+    return {"output_dir": str(out), "logs": str(Path(out) / history.LOG_FOLDER), "limit": args.limit,
+            "offset": args.offset, "entries": [e.to_json() for e in found]}
 
 
 def cmd_preset(args) -> dict:
@@ -467,7 +498,8 @@ def cmd_verify(args) -> dict:
 
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
-            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info, "styles": cmd_styles}
+            "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info, "styles": cmd_styles,
+            "history": cmd_history}
 
 
 def main(argv: list[str] | None = None) -> int:

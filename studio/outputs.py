@@ -31,14 +31,29 @@ def check_output_folder(out_dir: Path) -> None:
 
 
 def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:
-    """Write the kept images (Skip may have dropped some), each with its own seed, fingerprint and text."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    saved = []
-    for image, index, fingerprint in zip(result.pil_images(), result.kept, result.fingerprints, strict=True):
-        seed = result.plan.seeds[index]
-        data = encode(image, result.plan, index, fingerprint, result.notes, fmt)
-        path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
-        saved.append({"path": str(path), "seed": seed, "noise_fingerprint": fingerprint, "index": index,
-                      "prompt_final": result.plan.prompt.final_for(index), "width": image.width,
-                      "height": image.height})
+    """Save the kept images of ``result`` (Skip may have dropped some), each with its own seed, fingerprint
+    and text, in ``out_dir``, and record each in the history and the day's log.
+
+    A history or log failure never costs an image: it becomes a note in ``result.notes`` (added after
+    every image is encoded, so no image's own record carries it).
+    """
+    from studio import history
+
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    saved, notes = [], []
+    try:
+        for image, index, fingerprint in zip(result.pil_images(), result.kept, result.fingerprints, strict=True):
+            seed = result.plan.seeds[index]
+            data = encode(image, result.plan, index, fingerprint, result.notes, fmt)
+            path = write_new_file(Path(out_dir), f"{stamp}_{seed}", SUFFIXES[fmt], data)
+            saved.append({"path": str(path), "seed": seed, "noise_fingerprint": fingerprint, "index": index,
+                          "prompt_final": result.plan.prompt.final_for(index), "width": image.width,
+                          "height": image.height})
+            # Recorded as soon as saved: if a later image fails (disk full), the saved ones are in the history.
+            notes += history.record_saved(out_dir, result.plan, index, fingerprint, path, result.notes, now)
+    finally:
+        if saved:
+            notes += history.refresh_day_log(out_dir, history.day_of(now))
+    result.notes.extend(n for n in dict.fromkeys(notes) if n not in result.notes)
     return saved

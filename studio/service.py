@@ -21,8 +21,9 @@ class Job:
 
     plan: object
     result: object
-    saved: list[dict]  # per image: path, seed, noise_fingerprint, prompt_final, width, height
+    saved: list[dict]  # per image: path, seed, noise_fingerprint, index, prompt_final, width, height
     notes: list[str] = field(default_factory=list)
+    history_notes: list[str] = field(default_factory=list)  # saved, but the history or day log was not written
 
 
 @dataclass
@@ -78,8 +79,10 @@ class Studio:
 
         plan = self.engine.with_current_compile(plan)
         result = self.engine.run(plan, on_step=on_step, stop=stop, **run_options)
+        already = len(result.notes)
         saved = save_result(result, self.config.output_dir, fmt)
-        return Job(plan=plan, result=result, saved=saved, notes=list(result.notes))
+        return Job(plan=plan, result=result, saved=saved, notes=list(result.notes),
+                   history_notes=result.notes[already:])
 
     def next_seed(self, request: GenerationRequest, plan) -> Optional[int]:
         return self.engine.next_request(request, plan).seed

@@ -21,6 +21,11 @@ MAX_STYLE_FILES = 200  # *.json files read from a styles folder
 MAX_STYLES = 5000  # styles in the library, the shipped ones included (Fooocus ships ~280)
 MAX_STYLE_TEXT_CHARS = 4000  # one style's prompt template or negative part
 MAX_REQUEST_STYLES = 16  # styles applied in one request
+# The output folder's history (.studio/history/*.jsonl) may be edited or planted by anyone who can write there.
+MAX_HISTORY_LINE_BYTES = 1 << 20  # one image's entry; studio's own stay under 0.7 MiB at the longest prompts
+MAX_HISTORY_DAY_BYTES = 64 << 20  # of one day's file, only the newest part this size is read
+MAX_HISTORY_DAYS = 3660  # day files looked at, newest first
+MAX_HISTORY_LIMIT = 1000  # entries in one listing
 
 
 def is_plain_name(name) -> bool:

@@ -43,7 +43,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import fsutil
+from studio import fsutil, history
 from studio.cli import main
 from studio.errors import StudioError
 from studio.metadata.read import read_metadata
@@ -207,13 +207,18 @@ def the_error_line(proc) -> str:
 
 
 def temp_names(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    """Temp files in ``folder`` and in the history and log folders studio keeps there (relative paths)."""
+    found = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".studio"]
+    for sub in (folder / ".studio" / "history", folder / history.LOG_FOLDER):
+        if sub.is_dir():
+            found += [str(p.relative_to(folder)) for p in sub.iterdir() if p.name.startswith(".")]
+    return sorted(found)
 
 
 def final_images(folder: Path) -> dict[Path, dict]:
     """Every file under a final name in ``folder``: a complete image whose studio record reads back."""
     found = {}
-    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != history.LOG_FOLDER):
         meta = read_metadata(path)  # a StudioError for a truncated or damaged file
         assert meta["studio"] is not None, f"{path.name}: no studio record"
         with Image.open(path) as im:
@@ -565,7 +570,14 @@ def test_sigkill_while_writing_leaves_only_whole_images(zygote, tmp_path, capsys
     finally:
         watch.close()
     assert temp_names(out) == [], f"left after a finished run: {temp_names(out)}"
-    assert len(final_images(out)) == len(saved) + 2 * len(PROMPTS)
+    finals = final_images(out)
+    assert len(finals) == len(saved) + 2 * len(PROMPTS)
+    # The history, torn lines and all, lists only whole images, among them every one the last run saved
+    # (a run killed between saving an image and recording it leaves that image unlisted).
+    listed = history.entries(out, limit=1000)
+    assert {e.path for e in listed} <= set(finals)
+    last_run = {p for p in finals if p not in saved}
+    assert last_run <= {e.path for e in listed}
     hit = sum(bool(k["temp_left"]) for k in kills if "after_write" in k)
     traced = sum("at_syscall" in k for k in kills)
     with capsys.disabled():
