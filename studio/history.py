@@ -31,6 +31,7 @@ from typing import Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from studio import history_html
 from studio.errors import StudioError
 from studio.fsutil import atomic_write_bytes, write_error
 from studio.settings import GenerationRequest, build_request
@@ -115,13 +116,11 @@ class Entry:
     request_error: Optional[str]
 
     def to_json(self) -> dict:
-        from studio.history_html import command_line
-
         out = self.record.model_dump(mode="json")
         out["path"] = str(self.path)
         out["apply"] = self.request is not None
         out["apply_error"] = self.request_error
-        out["command"] = command_line(self)[0] if self.request is not None else None
+        out["command"] = history_html.command_line(self)[0] if self.request is not None else None
         return out
 
 
@@ -200,7 +199,8 @@ def append_line(path: Path, data: bytes) -> None:
     Nothing is read first (whether the file ends in a torn line): another process's write may be half
     done at that moment, so the answer would be wrong. Readers recover a line glued to a torn one instead.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    # O_NONBLOCK: a FIFO planted under the file's name fails at once (ENXIO) instead of blocking the save.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
@@ -217,13 +217,11 @@ def refresh_day_log(output_dir: Path, day: str) -> list[str]:
     Under an exclusive lock on the day's history file: each writer appends its line before it takes the
     lock, so the last page written holds every line appended before it, whichever process writes last.
     """
-    from studio.history_html import render_day
-
     target = day_log_path(output_dir, day)
     try:
         with _locked(_index_path(output_dir, day)):
             found = list(_day_entries(Path(output_dir), day))
-            atomic_write_bytes(target, render_day(day, found).encode("utf-8"))
+            atomic_write_bytes(target, history_html.render_day(day, found).encode("utf-8"))
     except FileNotFoundError:
         return []  # no history for the day (recording failed, and said so)
     except OSError as exc:

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from studio import history
 from studio.engine.engine import Result
 from studio.fsutil import check_can_write, write_new_file
 from studio.metadata.a1111 import infotext
@@ -37,8 +38,6 @@ def save_result(result: Result, out_dir: Path, fmt: str = "png") -> list[dict]:
     A history or log failure never costs an image: it becomes a note in ``result.notes`` (added after
     every image is encoded, so no image's own record carries it).
     """
-    from studio import history
-
     now = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     saved, notes = [], []

@@ -514,7 +514,9 @@ def test_sigkill_while_writing_leaves_only_whole_images(zygote, tmp_path, capsys
             assert status == {"signal": None, "code": 0}, Path(f"{log}.err").read_text()[-3000:]
             finished += 1
             return
-        kills.append({**how, "temp_left": [n for n in temp_names(out) if mine.match(n)]})
+        # Any temp file of the run: an image's, or the day's log page's (written after a job's images).
+        ours = re.compile(rf"(?:.*/)?\.(?:.*\.)?tmp-[0-9a-f]{{8}}-{pid}-")
+        kills.append({**how, "temp_left": [n for n in temp_names(out) if ours.match(n)]})
 
     def run_and_kill(nth: int, pause: float) -> None:
         """SIGKILL a run ``pause`` seconds after its ``nth`` image write began."""

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -312,6 +313,25 @@ def test_history_folder_blocked_by_a_file_keeps_the_images(engine, tiny_request,
     from studio.metadata.read import read_metadata
 
     assert all(read_metadata(s["path"])["studio"]["run"]["notes"] == [] for s in saved)
+
+
+def test_a_planted_fifo_or_symlink_neither_blocks_nor_redirects_the_history(engine, tiny_request, tmp_path):
+    out = tmp_path / "out"
+    folder = out / ".studio" / "history"
+    folder.mkdir(parents=True)
+    index = folder / f"{history.day_of(time.time())}.jsonl"
+    os.mkfifo(index)  # opened for writing the usual way, a FIFO without a reader blocks forever
+    result, saved = save(engine, tiny_request, out, seed=451)
+    assert Path(saved[0]["path"]).is_file()
+    assert any("not recorded in the history" in n for n in result.notes), result.notes
+    index.unlink()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not studio's\n")
+    index.symlink_to(victim)
+    result, saved = save(engine, tiny_request, out, seed=452)
+    assert Path(saved[0]["path"]).is_file() and victim.read_text() == "not studio's\n"
+    assert any("not recorded in the history" in n for n in result.notes), result.notes
+    assert history.entries(out) == []
 
 
 def test_disk_full_or_read_only_history_keeps_the_image(engine, tiny_request, tmp_path, monkeypatch):
