@@ -15,7 +15,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1280,1600")
+                  "--disable-dev-shm-usage", "--window-size=1366,768")  # the issue's laptop screen
 WAIT_S = 20  # page updates (token counter, plan preview, errors)
 GENERATE_WAIT_S = 120
 
@@ -108,17 +108,68 @@ def press_generate(driver):
     find(driver, "#generate").click()
 
 
+def open_tab(driver, name):
+    """Turn the Advanced switch on (once) and pick the tab ``name`` of its column."""
+    column = driver.find_elements("css selector", "#advanced-column")
+    if not column or not column[0].is_displayed():
+        find(driver, "#advanced input").click()
+        find(driver, "#advanced-column")
+    shown = [b for b in driver.find_elements("css selector", f"#tab-{name}-button") if b.is_displayed()]
+    if shown:
+        shown[0].click()
+    else:  # a narrow column puts the last tabs in Gradio's "More tabs" menu
+        find(driver, '#advanced-tabs button[aria-label="More tabs"]').click()
+        label = name.replace("-", " ").capitalize()
+        find(driver, "#advanced-tabs .overflow-dropdown button")
+        [b for b in driver.find_elements("css selector", "#advanced-tabs .overflow-dropdown button")
+         if b.text.strip() == label][0].click()
+    find(driver, f"#tab-{name}")
+
+
+def upload(driver, css, path):
+    """Give a gr.File its file as a person dropping it would (the hidden file input takes the path)."""
+    field = driver.find_element("css selector", f"{css} input[type=file]")
+    field.send_keys(str(path))
+
+
+def saved_pngs(config):
+    return {p.name for p in config.output_dir.glob("*.png")}
+
+
+def make_image(config, seed, steps=3, prompt="a red cube"):
+    """A studio image of the tiny model saved in the output folder (as a run of the app would)."""
+    from studio.service import Studio
+    from studio.settings import build_request
+
+    studio = Studio(config)
+    plan = studio.plan(build_request(prompt=prompt, seed=seed, steps=steps, sampler="euler", width=64, height=64,
+                                     model="tiny"))
+    return Path(studio.run_job(plan).saved[0]["path"])
+
+
 # --- tests -------------------------------------------------------------------------------------------------
 
 
-def test_page_loads_with_the_untrained_model_note(page, tmp_path):
+def test_generate_stop_and_skip_are_visible_without_scrolling(page, tmp_path):
+    """At 1366×768 (a common laptop), the gallery, the prompt and its buttons are all in view on load."""
+    height = page.execute_script("return window.innerHeight")
+    assert height <= 768
+    for css in ("#gallery", "#prompt textarea", "#generate", "#stop", "#skip"):
+        rect = page.execute_script("return arguments[0].getBoundingClientRect().bottom", find(page, css))
+        assert 0 < rect <= height, f"{css} ends at {rect}px, below the {height}px window"
+    assert page.execute_script("return window.scrollY") == 0
+    assert not find(page, "#advanced input").is_selected()  # the Advanced column starts closed
+    assert page.save_screenshot(str(tmp_path / "loaded.png"))
+
+
+def test_page_loads_with_the_untrained_model_note(page):
+    open_tab(page, "model")
     note = find(page, "#model-note")
-    assert "untrained (random) weights" in note.text
-    assert "tiny" in note.text
+    assert "untrained (random) weights" in note.text and "tiny" in note.text
     assert find(page, "#token-counter").text.strip() == "0/75"
+    open_tab(page, "setting")
     assert find(page, "#width input").get_attribute("value") == "64"
     assert find(page, "#height input").get_attribute("value") == "64"
-    assert page.save_screenshot(str(tmp_path / "loaded.png"))
 
 
 def test_long_prompt_updates_the_token_counter(page):
@@ -129,36 +180,116 @@ def test_long_prompt_updates_the_token_counter(page):
 
 def test_plan_shows_risks_before_generate(page):
     assert "No reproducibility risks" in wait_text(page, "#plan", "No reproducibility risks")
-    find(page, "#error")
     assert text_of(page, "#error").strip() == ""
-    find(page, "#precision button.label-wrap").click()  # the Precision accordion (closed by default)
-    choose(page, "#vae-dtype", "bf16")
+    open_tab(page, "advanced")
+    find(page, '#vae-dtype input[value="bf16"]').click()
     plan = wait_text(page, "#plan", "vae_not_fp32")
     assert "No reproducibility risks" not in plan
+    assert "Advanced › VAE precision: fp32" in plan and "--dtype vae=fp32" in plan  # the app's control and the flag
     assert text_of(page, "#info").strip() == "" and not page.find_elements("css selector", "#gallery img")
 
 
-def test_generate_seed_42_shows_and_saves_the_image(page, config, tmp_path):
+def test_ctrl_enter_generates_and_saves_seed_42(page, config, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    open_tab(page, "setting")
     fill(page, "#seed input", 42)
     fill(page, 'input[aria-label="number input for Steps"]', 3)
     wait_text(page, "#plan", "42 ·")  # the preview has the new seed: the server holds our values
-    assert find(page, "#width input").get_attribute("value") == "64"
-    assert find(page, "#height input").get_attribute("value") == "64"
-    before = {p.name for p in config.output_dir.glob("*.png")}
-    press_generate(page)
+    before = saved_pngs(config)
+    prompt = find(page, "#prompt textarea")
+    prompt.send_keys("a lighthouse", Keys.CONTROL, Keys.ENTER)
     info = wait_text(page, "#info", "42 ·", timeout=GENERATE_WAIT_S)
-    assert "<code>42</code>" in find(page, "#info").get_attribute("innerHTML")  # markdown of "`42`"
     wait(page).until(lambda d: any(img.get_property("naturalWidth") > 0
                                    for img in d.find_elements("css selector", "#gallery img")),
                      message="the gallery shows no image")
     assert text_of(page, "#error").strip() == ""
-    new = sorted({p.name for p in config.output_dir.glob("*.png")} - before)
-    assert any(name.endswith("_42.png") for name in new), (new, info)
+    new = sorted(saved_pngs(config) - before)
+    assert len(new) == 1 and new[0].endswith("_42.png"), (new, info)
     assert find(page, "#seed input").get_attribute("value") == "42"  # fixed mode keeps the seed
+    assert "42" in wait_text(page, "#last-run", "42")  # the seed-lock panel records the run
     assert page.save_screenshot(str(tmp_path / "generated.png"))
 
 
+def test_live_preview_appears_while_it_runs(page):
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 60)
+    press_generate(page)
+    wait(page, GENERATE_WAIT_S).until(
+        lambda d: any(img.get_property("naturalWidth") > 0
+                      for img in d.find_elements("css selector", "#live-preview img")),
+        message="no live preview appeared during the run")
+    assert "step" in wait_text(page, "#status", "step")
+    wait_text(page, "#status", "done", timeout=GENERATE_WAIT_S)
+
+
+def test_stop_mid_run_writes_nothing_and_the_next_run_works(page, config):
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 150)
+    fill(page, "#seed input", 7)
+    before = saved_pngs(config)
+    press_generate(page)
+    wait_text(page, "#status", "step", timeout=GENERATE_WAIT_S)
+    find(page, "#stop").click()
+    error = wait_text(page, "#error", "stopped", timeout=GENERATE_WAIT_S)
+    assert "nothing was saved" in error
+    assert saved_pngs(config) == before
+    fill(page, 'input[aria-label="number input for Steps"]', 2)
+    press_generate(page)
+    wait_text(page, "#info", "7 ·", timeout=GENERATE_WAIT_S)
+    assert len(saved_pngs(config) - before) == 1
+
+
+def test_a_style_is_applied_and_shown_in_the_plan(page):
+    open_tab(page, "style")
+    find(page, "#styles input").click()
+    option = find(page, '#styles li[role="option"]')
+    name = option.get_attribute("aria-label")
+    option.click()
+    plan = wait_text(page, "#plan", "Styles:")
+    assert name in plan and "encoded prompt:" in plan
+    assert name in wait_text(page, "#style-info", name)
+
+
+def test_an_aspect_ratio_sets_the_size(page):
+    open_tab(page, "setting")
+    choose(page, "#aspect-ratio", "96×64")
+    wait(page).until(lambda d: find(d, "#width input").get_attribute("value") == "96")
+    assert find(page, "#height input").get_attribute("value") == "64"
+    wait_text(page, "#plan", "96×64")
+
+
+def test_an_image_dropped_on_image_info_is_applied(page, config):
+    image = make_image(config, seed=777, steps=3, prompt="a blue teapot")
+    open_tab(page, "image-info")
+    upload(page, "#info-image", image)
+    shown = wait_text(page, "#image-info", "777")
+    assert "a blue teapot" in shown and "studio" in shown
+    wait_text(page, "#image-report", "expected")
+    find(page, "#info-apply").click()
+    wait(page).until(lambda d: find(d, "#prompt textarea").get_attribute("value") == "a blue teapot")
+    open_tab(page, "setting")
+    assert find(page, "#seed input").get_attribute("value") == "777"
+    assert find(page, 'input[aria-label="number input for Steps"]').get_attribute("value") == "3"
+    wait_text(page, "#plan", "777 ·")
+
+
+def test_verify_runs_twice_and_shows_a_verdict(page):
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 2)
+    fill(page, "#seed input", 11)
+    open_tab(page, "verify")
+    find(page, '#verify-how input[value="Run twice"]').click()
+    find(page, "#verify-run").click()
+    verdict = wait_text(page, "#verify-verdict", "identical", timeout=GENERATE_WAIT_S)
+    assert "two runs of torch on cpu" in verdict and "PSNR" in verdict
+    wait(page).until(lambda d: any(img.get_property("naturalWidth") > 0
+                                   for img in d.find_elements("css selector", "#verify-heatmap img")),
+                     message="no heatmap")
+
+
 def test_bad_width_is_a_visible_error(page):
+    open_tab(page, "setting")
     fill(page, "#width input", 65)
     press_generate(page)
     error = wait_text(page, "#error", "multiple of 8", timeout=GENERATE_WAIT_S)
@@ -171,6 +302,7 @@ def test_closing_the_tab_removes_the_gallery_copies(page, config):
 
     from gradio.utils import get_upload_folder
 
+    open_tab(page, "setting")
     fill(page, "#seed input", 4242)
     wait_text(page, "#plan", "4242 ·")
     press_generate(page)
@@ -189,7 +321,8 @@ def test_closing_the_tab_removes_the_gallery_copies(page, config):
 def test_an_empty_width_is_a_clear_message(page, config):
     from selenium.webdriver.common.keys import Keys
 
-    before = set(config.output_dir.glob("*.png"))
+    open_tab(page, "setting")
+    before = saved_pngs(config)
     for typed in ("", "-"):
         field = find(page, "#width input")
         field.click()
@@ -199,14 +332,16 @@ def test_an_empty_width_is_a_clear_message(page, config):
         wait_text(page, "#error", "Width is empty: type a multiple of 8")
         press_generate(page)
         wait_text(page, "#error", "Width is empty")
-    assert set(config.output_dir.glob("*.png")) == before
+    assert saved_pngs(config) == before
     assert not [t for t in page.find_elements("css selector", ".toast-body") if t.text.strip()]
 
 
 def test_the_plan_is_made_again_after_a_run(page):
-    find(page, "#backend-settings button.label-wrap").click()
+    open_tab(page, "advanced")
     find(page, '#backend input[value="openvino"]').click()
-    fill(page, "#device textarea", "CPU")
+    wait(page).until(lambda d: find(d, "#device input").get_attribute("value") == "CPU")  # OpenVINO's devices
+    wait_text(page, "#compile-cache-info", "Next run compiles")
+    open_tab(page, "setting")
     fill(page, "#seed input", 9)
     fill(page, 'input[aria-label="number input for Steps"]', 2)
     wait_text(page, "#plan", "Will compile")
@@ -214,3 +349,31 @@ def test_the_plan_is_made_again_after_a_run(page):
     wait_text(page, "#info", "9 ·", timeout=GENERATE_WAIT_S)
     wait_text(page, "#plan", "Compiled variant cached", timeout=GENERATE_WAIT_S)
     assert "Will compile" not in text_of(page, "#plan")
+    open_tab(page, "advanced")
+    wait_text(page, "#compile-cache-info", "Next run uses")
+
+
+def test_history_lists_a_run_after_a_restart(driver, config, tmp_path):
+    """Images saved before the server started (a restart) are in the History tab, with Apply."""
+    from conftest import free_port
+    from studio.ui.app import build_app
+    from studio.ui.server import launch
+
+    image = make_image(config, seed=31337, steps=2, prompt="a green lantern")
+    app = build_app(config, model="tiny")  # a new server on the same output folder
+    port = free_port()
+    launch(app, "127.0.0.1", port, block=False, quiet=True)
+    try:
+        driver.get(f"http://127.0.0.1:{port}/")
+        wait_text(driver, "#plan", "Will run", timeout=60)
+        open_tab(driver, "history")
+        wait(driver).until(lambda d: d.find_elements("css selector", "#history-gallery img"),
+                           message="the History tab lists nothing")
+        find(driver, "#history-gallery img").click()  # the newest first: the image made above
+        shown = wait_text(driver, "#history-info", "31337")
+        assert "a green lantern" in shown and image.name in shown
+        find(driver, "#history-apply").click()
+        wait(driver).until(lambda d: find(d, "#prompt textarea").get_attribute("value") == "a green lantern")
+        assert driver.save_screenshot(str(tmp_path / "history.png"))
+    finally:
+        app.close()

@@ -130,8 +130,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     from studio.settings import build_request
     from studio.ui.gallery_copies import GalleryCopies
     from studio.ui.job_journal import JobJournal
-    from studio.ui.tabs import (advanced, image_info, model as model_tab, presets as presets_tab, setting, style,
-                                verify)
+    from studio.ui.tabs import (advanced, history as history_tab, image_info, model as model_tab,
+                                presets as presets_tab, setting, style, verify)
 
     studio = Studio(config)
     model = model and studio.registry.name_from_flag(model)  # the operator's --model may be a path
@@ -141,6 +141,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     skips: dict[str, threading.Event] = {}
     page = Page(studio=studio, init=start_values(studio, model, preset))
     page.parts["default_size"] = lambda name: default_size(studio, name)
+    page.parts["copies"] = lambda: copies  # made with the Blocks (it needs their cache folder)
     init, c = page.init, page.c
 
     def token_label(text: str) -> str:
@@ -178,6 +179,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             return Path(path).resolve().relative_to(studio.config.output_dir.resolve()).as_posix()
         except ValueError:
             return Path(path).name
+
+    page.parts["shown_path"] = shown_path
 
     @page.takes_controls(request=True)
     def generate(values, request=None):
@@ -311,6 +314,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                         image_info.build(page)
                     with gr.Tab("Verify", elem_id="tab-verify"):
                         verify.build(page)
+                    with gr.Tab("History", elem_id="tab-history"):
+                        history_tab.build(page)
         # An opened preset's per-image expanded texts, replayed while prompt, seed and batch stay as they were.
         c["replay"] = gr.State(init["replay"])
         # The live-preview switch is page state, not a request field: an API call (no page) gets previews on.
@@ -336,9 +341,12 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         outputs = [gallery, error, info, c["seed"], live_image, status, page.parts["last_run"]]
         # One job at a time (Gradio's default concurrency of 1 for the event): the others wait in the queue,
         # their place shown on their page.
+        listing, listing_outputs = page.parts["history_refresh"]
         run_button.click(generate, controls, outputs, api_name="generate", show_progress="minimal").then(
             refresh_plan, controls, [plan_box, page.parts["cache"]], show_progress="hidden",
-            api_visibility="private")
+            api_visibility="private").then(listing, None, listing_outputs, show_progress="hidden",
+                                           api_visibility="private")
+        app.load(listing, None, listing_outputs, api_visibility="private")
         stop_button.click(stop_run, None, None, api_name="stop")
         skip_button.click(skip_image, None, None, api_name="skip")
         app.unload(end_session)
