@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path)
     p.add_argument("--models-dir", type=Path)
     p.add_argument("--allow-unsafe-pickle", action="store_true", default=None)
+    p.add_argument("--styles-dir", type=Path, help="a folder of Fooocus-format style files (*.json)")
+    p.add_argument("--lru", type=int, help="compiled variants kept in memory (default 3)")
     return p
 
 
@@ -72,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         from studio.ui.app import build_app
 
         quiet_libraries()
+        if args.lru is not None and not 1 <= args.lru <= 64:
+            raise StudioError(f"--lru {args.lru}: keep 1 to 64 compiled variants in memory")
         config = AppConfig.from_env(models_dir=args.models_dir, output_dir=args.output_dir,
-                                    allow_unsafe_pickle=args.allow_unsafe_pickle)
+                                    allow_unsafe_pickle=args.allow_unsafe_pickle, styles_dir=args.styles_dir,
+                                    compile_cache_size=args.lru)
         app = build_app(config, model=args.model, preset=args.preset)
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
