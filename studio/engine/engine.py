@@ -366,8 +366,11 @@ class Engine:
     def available_devices(self, backend_name: str):
         """The devices ``backend_name`` can run on here (see backends/devices.py); never raises for a
         missing library: the list is then short and its ``reason`` says why."""
-        from studio.backends.devices import available_devices
+        from studio.backends.devices import available_devices, openvino_devices
 
+        ov = self._backends.get("openvino")
+        if backend_name == "openvino" and ov is not None and ov._core is not None:
+            return openvino_devices(ov._core)  # the core already started: no second one
         return available_devices(backend_name)
 
     COMPILING_BACKENDS = ("openvino",)
