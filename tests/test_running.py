@@ -327,3 +327,18 @@ def test_old_image_record_with_lru_imports_with_a_note(engine, tiny_request, tmp
     doc = json.loads(out)
     assert any(n.startswith("request.lru (the compile cache size) is no longer") for n in doc["report"]["notes"])
     assert "lru" not in doc["preset"]["request"] and doc["preset"]["request"]["seed"] == plan.seeds[0]
+
+
+def test_a_failing_preview_turns_previews_off_and_the_run_goes_on(engine, tiny_request):
+    plan = engine.plan(tiny_request(steps=4, seed=9))
+    calls = []
+
+    def broken(index, step, image):
+        calls.append(step)
+        raise RuntimeError("the page went away")
+
+    result = engine.run(plan, on_preview=broken, preview_every=1)
+    assert calls == [1]
+    assert "live preview failed and was turned off for this run (the images are not affected): the page went away" \
+        in result.notes
+    np.testing.assert_array_equal(result.images, engine.run(plan).images)

@@ -16,9 +16,9 @@ from studio.settings import GenerationRequest
 
 
 def available_devices() -> list[str]:
-    import torch
+    from studio.backends.devices import torch_devices
 
-    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else ["cpu"]
+    return list(torch_devices()) or ["cpu"]
 
 
 def resolve_device(asked: str) -> str:

@@ -320,6 +320,7 @@ class Engine:
         outputs, kept, skipped = [], [], []
         steps, count = plan.request.steps, len(generators)
         steps_done = 0
+        preview_failed: list[str] = []  # a failing preview turns previews off; the images go on
         for i, generator in enumerate(generators):
             last_step = 0
 
@@ -334,7 +335,7 @@ class Engine:
 
             hooks = RunHooks(stage=stages.begin, check=stages.check,
                              sampling=lambda i=i: stages.begin(f"image {i + 1} of {count}"), step=step,
-                             latents=self._previewer(plan, i, on_preview, preview_every))
+                             latents=self._previewer(plan, i, on_preview, preview_every, preview_failed))
             out = backend.generate(plan.for_image(i), load, latents[i: i + 1], [generator], hooks=hooks)
             outputs.append(out)
             # A Skip pressed while the image decoded drops it too: it was the image in progress.
@@ -356,6 +357,8 @@ class Engine:
                               f"({plan.backend.name}, VAE in {vae}); nothing was saved: {fix}")
         compile_events = outputs[0].compile_events  # later images reuse the first one's signature
         notes = list(dict.fromkeys(n for o in outputs for n in o.notes))
+        notes += [f"live preview failed and was turned off for this run (the images are not affected): {e}"
+                  for e in preview_failed[:1]]
         total = time.perf_counter() - start
         compile_s = sum(e.get("seconds", 0.0) for e in compile_events if e.get("kind") == "compile")
         timings = {
@@ -368,15 +371,26 @@ class Engine:
                       compile_events=compile_events, notes=notes, kept=kept, skipped=skipped)
 
     @staticmethod
-    def _previewer(plan: Plan, index: int, on_preview: Optional[PreviewCallback], every: int):
-        """The latents hook that makes image ``index``'s preview every ``every`` steps; None when off."""
+    def _previewer(plan: Plan, index: int, on_preview: Optional[PreviewCallback], every: int,
+                   failed: list[str]):
+        """The latents hook that makes image ``index``'s preview every ``every`` steps; None when off.
+
+        A preview is a view, never part of the result: if making or showing one fails, previews stop for the
+        run and the note says why, and the run goes on.
+        """
         if on_preview is None:
             return None
         from studio.engine.preview import latents_to_image
 
         def latents_hook(done: int, latents) -> None:
-            if done % every == 0:
+            if done % every or failed:
+                return
+            try:
                 on_preview(index, done, latents_to_image(latents, plan.model.family))
+            except (Stopped, ImageSkipped):
+                raise
+            except Exception as exc:
+                failed.append(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
         return latents_hook
 
@@ -384,8 +398,11 @@ class Engine:
     def available_devices(self, backend_name: str):
         """The devices ``backend_name`` can run on here (see backends/devices.py); never raises for a
         missing library: the list is then short and its ``reason`` says why."""
-        from studio.backends.devices import available_devices
+        from studio.backends.devices import available_devices, openvino_devices
 
+        ov = self._backends.get("openvino")
+        if backend_name == "openvino" and ov is not None and ov._core is not None:
+            return openvino_devices(ov._core)  # the core already started: no second one
         return available_devices(backend_name)
 
     COMPILING_BACKENDS = ("openvino",)
