@@ -890,7 +890,7 @@ class Http(Target):
 
     def __init__(self, ctx):
         super().__init__(ctx)
-        from studio.engine.samplers import SAMPLERS
+        from studio.samplers import SAMPLERS
         from studio.settings import build_request
         from studio.ui.app import control_values
 
@@ -919,6 +919,10 @@ class Http(Target):
             "device": ["cpu", "CPU", "cuda", "cuda:0", "cuda:1", "GPU", "GPU.1", "NPU", "AUTO", "mps", "", "meta"],
             "ov_mode": ["accuracy", "performance", "latency"], "text_encoder": ["torch", "openvino", "cpu"],
             "chunk_policy": ["exact", "pad:1", "pad:2", "pad:20", "pad:21", "pad:0", "pad:", "pad:-1", "pad:02"],
+            "clip_skip": [1, 2, 12, 13, 0, 1.5, 2.0],
+            "styles": [[], ["Photograph"], ["Photograph", "Street Photo"], ["photograph"], ["Fooocus V2"],
+                       ["Photograph", "Photograph"], ["nope"], ["../x"], ["a/b"], "Photograph", [1], [None],
+                       ["Photograph"] * 17],
         }
 
     def hostile(self, rng):
@@ -933,7 +937,7 @@ class Http(Target):
 
     def make(self, rng):
         values = copy.deepcopy(rng.choice(self.bases))
-        controls = [k for k in values if k != "replay"]
+        controls = [k for k in values if k not in ("replay", "live_preview")]  # page state, not controls
         for _ in range(rng.randint(1, 3)):
             key = rng.choice(controls)
             values[key] = rng.choice(self.valid[key]) if rng.random() < 0.6 else self.hostile(rng)

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from studio.controls import CONTROLS
 from studio.errors import ArgumentParser, StudioError
 
 EXIT_USER_ERROR = 2
@@ -27,24 +28,18 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
                    help="apply a style (repeatable, applied in order; `studio styles` lists them)")
     p.add_argument("--styles-dir", type=Path, metavar="DIR",
                    help="a folder of Fooocus-format style files (*.json) to add to studio's styles")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--seed-mode", choices=["fixed", "increment", "random"])
-    p.add_argument("--batch", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--cfg", type=float)
-    p.add_argument("--sampler")
-    p.add_argument("--width", type=int)
-    p.add_argument("--height", type=int)
+    # The request's own settings: flag, choices and help from the one control schema (studio/controls.py),
+    # as the app's controls are, so the two cannot drift.
+    for control in CONTROLS:
+        if control.flag is None or not control.flag.startswith("--") or control.flag.endswith("=") \
+                or control.name in ("prompt", "negative_prompt", "styles", "deterministic", "expansion", "model"):
+            continue  # set another way: repeatable, a switch, or COMPONENT=DTYPE
+        kind = {"number": int, "slider": float if control.step != 1 else int}.get(control.kind, str)
+        choices = control.choices if control.choices and control.name not in ("sampler", "chunk_policy") else None
+        p.add_argument(control.flag, type=kind, choices=choices, help=control.help or None)
     p.add_argument("--model", help="tiny, tiny-sdxl, sd15-random, a name in the models folder, or a path")
-    p.add_argument("--backend", choices=["torch", "openvino"])
-    p.add_argument("--device")
-    p.add_argument("--ov-mode", choices=["performance", "accuracy"])
-    p.add_argument("--text-encoder", choices=["torch", "openvino"],
-                   help="OpenVINO backend: run the text encoder in PyTorch on the CPU (default) or compiled with OpenVINO")
-    p.add_argument("--chunk-policy")
     p.add_argument("--lru", type=int, help="compiled variants a compiling backend keeps in memory (default 3); "
                                             "a setting of this process, not of the image")
-    p.add_argument("--noise-source", choices=["cpu", "device"])
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--expansion", choices=["on", "off"])
     p.add_argument("--expander", choices=["wordbank", "causal-lm"])

@@ -11,7 +11,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from studio.engine.samplers import GPU_SUFFIX, SAMPLERS
+from studio.samplers import GPU_SUFFIX, SAMPLERS
 from studio.settings import BackendSpec, GenerationRequest, Precision
 
 Kind = Literal["text", "number", "slider", "choice", "check", "multi"]

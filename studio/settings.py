@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from studio.engine.samplers import SAMPLERS, split_alias, unknown_sampler_message
+from studio.samplers import SAMPLERS, split_alias, unknown_sampler_message
 from studio.errors import StudioError
 from studio.prompts.chunking import MAX_PROMPT_CHARS
 from studio.untrusted import MAX_REQUEST_STYLES, check_name

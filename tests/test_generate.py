@@ -79,7 +79,7 @@ def test_metadata_round_trip(engine, tiny_request, tmp_path):
     assert record["image"] == {"index": 1, "seed": 78, "noise_fingerprint": result.fingerprints[1]}
     assert record["plan"] == result.plan.to_json_dict()
     # The stored plan re-plans to the same image.
-    from studio.engine.plan import Plan
+    from studio.plan import Plan
 
     replay = engine.run(Plan.model_validate(record["plan"]))
     assert np.array_equal(replay.images, result.images)

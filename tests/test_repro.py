@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from studio.engine import determinism, noise
-from studio.engine.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend
+from studio.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend
 from studio.metadata.png import read_text_chunks
 from studio.outputs import save_result
 from studio.repro import risks

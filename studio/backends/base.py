@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from studio.engine.plan import CompilePlan, Plan, ResolvedBackend
+from studio.plan import CompilePlan, Plan, ResolvedBackend
 from studio.errors import StudioError
 from studio.settings import GenerationRequest
 

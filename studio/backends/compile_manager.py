@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from studio.engine.plan import CompilePlan
+from studio.plan import CompilePlan
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCal
 from studio.backends.blob_cache import BlobCache
 from studio.backends.compile_manager import CompileManager, Signature
 from studio.engine import precision
-from studio.engine.plan import Plan, ResolvedBackend
-from studio.engine.samplers import make_scheduler, sampler_spec
+from studio.plan import Plan, ResolvedBackend
+from studio.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
 from studio.fsutil import atomic_dir
 from studio.repro.environment import cpu_info

@@ -8,8 +8,8 @@ from typing import Any, Callable, Optional
 from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
                                   non_finite)
 from studio.engine import determinism, precision
-from studio.engine.plan import Plan, ResolvedBackend
-from studio.engine.samplers import make_scheduler, sampler_spec
+from studio.plan import Plan, ResolvedBackend
+from studio.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
 from studio.prompts.encode import encode
 from studio.settings import GenerationRequest

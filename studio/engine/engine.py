@@ -12,8 +12,8 @@ import numpy as np
 from studio import __version__
 from studio.backends.base import Backend, ImageSkipped, RunHooks, StepCallback
 from studio.engine import determinism, noise
-from studio.engine.plan import AppliedStyle, ModelInfo, NoisePlan, Plan, PromptPlan
-from studio.engine.samplers import sampler_spec, split_alias
+from studio.plan import AppliedStyle, ModelInfo, NoisePlan, Plan, PromptPlan
+from studio.samplers import sampler_spec, split_alias
 from studio.errors import StudioError
 from studio.models.registry import ModelRegistry, ModelSource, architecture, short_hash
 from studio.models.tokenizer import clip_tokenizer

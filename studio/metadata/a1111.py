@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from studio.engine.plan import Plan
-from studio.engine.samplers import SAMPLERS
+from studio.plan import Plan
+from studio.samplers import SAMPLERS
 from studio.errors import StudioError
 from studio.settings import is_valid_request
 

@@ -8,7 +8,7 @@ import json
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from studio.engine.plan import Plan
+from studio.plan import Plan
 from studio.metadata.a1111 import infotext
 
 STUDIO_CHUNK = "studio"

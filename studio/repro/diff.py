@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from studio.engine.plan import Plan
+from studio.plan import Plan
 from studio.settings import Preset
 
 EFFECT_ORDER = {"none": 0, "drift": 1, "different": 2}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from studio.engine.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend, Risk
+from studio.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend, Risk
 from studio.settings import GenerationRequest
 
 

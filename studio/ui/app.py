@@ -61,7 +61,7 @@ def start_values(studio, model: str | None, preset: str | None) -> dict:
     that fits the model."""
     from studio import presets
     from studio.models.demo import BUILTINS
-    from studio.engine.samplers import DEFAULT_SAMPLER
+    from studio.samplers import DEFAULT_SAMPLER
     from studio.settings import build_request
 
     start = {}
@@ -218,7 +218,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                     elif event[0] == "step":
                         step = f" · step {event[1]}/{event[2]}"
                     elif event[0] == "preview":
-                        picture = event[2]
+                        # At the latent's size (an eighth of the image's): shown at the image's own size.
+                        picture = event[2].resize((plan.width, plan.height))
                     elif event[0] == "failed":
                         exc = event[1]
                         message = exc.message if isinstance(exc, StudioError) else \
