@@ -1,0 +1,107 @@
+"""The page's handlers are plain functions: tested here without a server or a browser."""
+
+from pathlib import Path
+
+import pytest
+
+from studio.errors import StudioError
+
+
+def test_performance_sets_the_steps_and_a_custom_value_keeps_working():
+    from studio.choices import CUSTOM, performance_of
+    from studio.ui.tabs.setting import steps_for
+
+    assert [steps_for(p, 17) for p in ("Quality", "Speed", "Extreme speed", CUSTOM)] == [60, 30, 8, 17]
+    assert performance_of(30) == "Speed" and performance_of(31) == CUSTOM
+
+
+def test_aspect_ratios_follow_the_model_family():
+    from studio.choices import aspect_ratios
+    from studio.ui.tabs.setting import size_for
+
+    sdxl, sd1, sd2 = aspect_ratios(1024), aspect_ratios(512), aspect_ratios(768)
+    assert "1024×1024" in sdxl and "832×1216" in sdxl and len(sdxl) == 26
+    assert "512×512" in sd1 and all(int(w) * int(h) <= 700 * 700 for w, h in (r.split("×") for r in sd1))
+    assert "768×768" in sd2
+    assert all(int(side) % 8 == 0 for r in sd1 + sd2 + sdxl for side in r.split("×"))
+    assert size_for("832×1216", 64, 64) == (832, 1216) and size_for("custom", 64, 72) == (64, 72)
+
+
+def test_a_style_shows_its_template_and_the_folder_problems(tmp_path):
+    from studio.styles import load_library
+    from studio.ui.tabs.style import styles_markdown
+
+    (tmp_path / "broken.json").write_text("{not json")
+    library = load_library(tmp_path)
+    shown = styles_markdown(library, ["Photograph"])
+    assert "**Photograph**" in shown and "{prompt}" in shown
+    assert "broken.json" in shown  # the folder's problem is said, not hidden
+
+
+def _saved_image(engine, config, seed):
+    from studio.service import Studio
+    from studio.settings import build_request
+
+    studio = Studio(config)
+    plan = studio.plan(build_request(prompt="a red cube", seed=seed, steps=2, sampler="euler", width=64, height=64,
+                                     model="tiny"))
+    return studio, Path(studio.run_job(plan).saved[0]["path"])
+
+
+def test_image_info_reads_an_image_and_apply_gives_its_controls(engine, config):
+    from studio.service import read_image_settings
+    from studio.ui.tabs.image_info import settings_markdown
+    from studio.ui.tabs.presets import opened_values
+
+    studio, image = _saved_image(engine, config, 4040)
+    shown = settings_markdown(read_image_settings(image))
+    assert "| seed | 4040 |" in shown and "a red cube" in shown and "read from | studio" in shown
+    values = opened_values(studio.open_image(image))
+    assert (values["seed"], values["steps"], values["prompt"], values["width"]) == (4040, 2, "a red cube", 64)
+
+
+def test_verify_two_images_and_two_runs(engine, config, tmp_path):
+    from PIL import Image
+
+    from studio.settings import build_request
+    from studio.ui.tabs.verify import verify
+
+    studio, a = _saved_image(engine, config, 5)
+    _, b = _saved_image(engine, config, 6)
+    text, heatmap = verify(studio, "Two images", str(a), str(b), None, None, None)
+    assert "**different**" in text and heatmap.size == (64, 64)
+    text, _ = verify(studio, "Two images", str(a), str(a), None, None, None)
+    assert "**identical**" in text and "∞" in text
+    request = build_request(prompt="x", seed=9, steps=2, width=64, height=64, model="tiny")
+    text, _ = verify(studio, "Run twice", None, None, None, 0.0, request)
+    assert "**identical**" in text and "two runs of torch on cpu" in text
+    with pytest.raises(StudioError, match="drop two images"):
+        verify(studio, "Two images", str(a), None, None, None, None)
+    with pytest.raises(StudioError, match="tolerance"):
+        verify(studio, "Run twice", None, None, None, -1, request)
+    Image.open(a).verify()
+
+
+def test_the_cache_panel_says_what_the_next_run_compiles(config):
+    from studio.service import Studio
+    from studio.settings import build_request
+    from studio.ui.tabs.advanced import cache_markdown, device_choices
+
+    studio = Studio(config)
+    assert "cpu" in device_choices(studio, "torch") and "CPU" in device_choices(studio, "openvino")
+    plan = studio.plan(build_request(prompt="x", seed=1, steps=1, width=64, height=64, model="tiny",
+                                     backend={"name": "openvino", "device": "CPU"}))
+    shown = cache_markdown(studio, plan)
+    assert "none yet" in shown and "Next run compiles" in shown and "64" in shown
+    torch_plan = studio.plan(build_request(prompt="x", seed=1, steps=1, width=64, height=64, model="tiny"))
+    assert "runs eagerly" in cache_markdown(studio, torch_plan)
+
+
+def test_history_entry_shows_its_settings_and_says_when_apply_is_not_offered(engine, config):
+    from studio import history
+    from studio.ui.tabs.history import entry_markdown
+
+    _, image = _saved_image(engine, config, 8080)
+    entry = history.entries_for_image(config.output_dir, image.name)[0]
+    shown = entry_markdown(entry, lambda p: Path(p).name)
+    assert "| seed | 8080 |" in shown and image.name in shown and "Apply is not offered" not in shown
