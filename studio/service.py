@@ -120,8 +120,11 @@ class Studio:
         return preset, presets.save(preset, Path(path))
 
     # -- images ---------------------------------------------------------------------------------
-    def open_image(self, path: Path) -> OpenedSettings:
-        """An image's settings as a request to run here (model found by name, else by its hash), with notes."""
+    def open_image(self, path: Path, fallback_model: Optional[str] = None) -> OpenedSettings:
+        """An image's settings as a request to run here (model found by name, else by its hash), with notes.
+
+        With ``fallback_model``, an image whose model is not here opens on that one (said in the notes)
+        instead of being refused: the app fills its controls and the user picks the model."""
         from studio import presets
         from studio.settings import Preset, build_request, drop_retired_keys
 
@@ -137,7 +140,12 @@ class Studio:
                         request={**values}, plan=info.get("plan") if info["source"] == "studio" else None)
         from studio.styles import split_known
 
-        located, found = presets.locate_model(preset, self.registry)
+        try:
+            located, found = presets.locate_model(preset, self.registry)
+        except StudioError as exc:
+            if fallback_model is None:
+                raise
+            located, found = fallback_model, [f"{exc.message}; the settings are shown with {fallback_model}"]
         known, _ = split_known(preset.request.styles, self.engine.styles)  # the missing ones are in the notes
         request = preset.request.model_copy(update={"model": located, "styles": known})
         plan = self.engine.plan(request)

@@ -105,3 +105,24 @@ def test_history_entry_shows_its_settings_and_says_when_apply_is_not_offered(eng
     entry = history.entries_for_image(config.output_dir, image.name)[0]
     shown = entry_markdown(entry, lambda p: Path(p).name)
     assert "| seed | 8080 |" in shown and image.name in shown and "Apply is not offered" not in shown
+
+
+def test_an_image_whose_model_is_not_here_opens_on_the_current_model(tmp_path, config):
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from studio.service import Studio
+    from studio.ui.tabs.presets import opened_values
+
+    info = PngInfo()
+    info.add_text("parameters", "a castle\nNegative prompt: fog\nSteps: 12, Sampler: Euler a, CFG scale: 6, "
+                                "Seed: 123, Size: 64x64, Model: someone-elses-model")
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (64, 64)).save(path, pnginfo=info)
+    studio = Studio(config)
+    with pytest.raises(StudioError, match="is not here"):
+        studio.open_image(path)
+    opened = studio.open_image(path, fallback_model="tiny")
+    values = opened_values(opened)
+    assert (values["prompt"], values["seed"], values["steps"], values["model"]) == ("a castle", 123, 12, "tiny")
+    assert any("someone-elses-model" in n and "tiny" in n for n in opened.notes)

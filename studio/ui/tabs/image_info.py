@@ -43,19 +43,20 @@ def build(page) -> None:
         reuse = gr.Button("Reuse seed", elem_id="info-reuse-seed")
 
     @handler(lambda e: (e, "", ""))
-    def read_image(path):
+    def read_image(path, current_model):
         if not path:
             return "", "", ""
-        opened = studio.open_image(Path(path))
+        opened = studio.open_image(Path(path), fallback_model=current_model)
         info = read_image_settings(Path(path))
         return "", public(settings_markdown(info)), public(report_markdown(opened.report, opened.notes))
 
     @handler(lambda e: [*[gr.update() for _ in INPUT_ORDER], e])
-    def apply_image(path):
-        """Every control from the image's settings (the model found here by name or hash)."""
+    def apply_image(path, current_model):
+        """Every control from the image's settings (the model found here by name or hash; when it is not
+        here, the model picked now stays, as the report beside it says)."""
         if not path:
             return [*[gr.update() for _ in INPUT_ORDER], "drop an image first"]
-        values = opened_values(studio.open_image(Path(path)))
+        values = opened_values(studio.open_image(Path(path), fallback_model=current_model))
         return [*[values[n] for n in INPUT_ORDER], ""]
 
     @handler(lambda e: (gr.update(), gr.update(), e))
@@ -68,10 +69,9 @@ def build(page) -> None:
             return gr.update(), gr.update(), "the image records no seed"
         return seed, "fixed", ""
 
-    dropped.change(read_image, dropped, [error, shown, report], api_visibility="private")
-
     def wire():
-        apply.click(apply_image, dropped, [*page.inputs, error], api_name="apply_image")
+        dropped.change(read_image, [dropped, page.c["model"]], [error, shown, report], api_visibility="private")
+        apply.click(apply_image, [dropped, page.c["model"]], [*page.inputs, error], api_name="apply_image")
         reuse.click(reuse_seed, dropped, [page.c["seed"], page.c["seed_mode"], error], api_name="reuse_seed")
 
     page.later(wire)
