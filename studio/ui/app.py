@@ -199,6 +199,13 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             except StudioError as exc:
                 yield keep, error_html(exc.message), keep, keep, keep, "", keep
                 return
+            except Exception as exc:  # a bug: logged whole on the server, one line to the user
+                import logging
+
+                logging.getLogger("studio.app").exception("planning failed")
+                yield (keep, error_html(f"internal error ({type(exc).__name__}); the details are in the server's "
+                                        "log"), keep, keep, keep, "", keep)
+                return
             live = values.get("live_preview") is not False
             run = Run()
 
