@@ -226,6 +226,7 @@ def test_live_preview_appears_while_it_runs(page):
 def test_stop_mid_run_writes_nothing_and_the_next_run_works(page, config):
     open_tab(page, "setting")
     fill(page, 'input[aria-label="number input for Steps"]', 150)
+    fill(page, 'input[aria-label="number input for Image number"]', 16)  # 2,400 short steps: Stop lands mid-run
     fill(page, "#seed input", 7)
     before = saved_pngs(config)
     press_generate(page)
@@ -235,6 +236,7 @@ def test_stop_mid_run_writes_nothing_and_the_next_run_works(page, config):
     assert "nothing was saved" in error
     assert saved_pngs(config) == before
     fill(page, 'input[aria-label="number input for Steps"]', 2)
+    fill(page, 'input[aria-label="number input for Image number"]', 1)
     press_generate(page)
     wait_text(page, "#info", "7 ·", timeout=GENERATE_WAIT_S)
     assert len(saved_pngs(config) - before) == 1

@@ -153,7 +153,7 @@ def test_skip_drops_exactly_that_image_and_saves_the_others_as_run_alone(engine,
         assert result.fingerprints[j] == other.fingerprints[0]
     saved = save_result(result, tmp_path)
     assert [s["seed"] for s in saved] == [500, 502] and [s["index"] for s in saved] == [0, 2]
-    assert len(list(tmp_path.iterdir())) == 2
+    assert len(list(tmp_path.glob("*.png"))) == 2  # (beside them: the history and the day's log)
     for s, other in zip(saved, alone):
         record = read_metadata(s["path"])["studio"]
         assert record["image"]["seed"] == s["seed"] and record["image"]["noise_fingerprint"] == other.fingerprints[0]
@@ -178,7 +178,8 @@ def test_skip_on_openvino_keeps_the_compile_events(engine, tiny_request):
     skip = threading.Event()
     result = engine.run(plan, on_step=lambda d, t: skip.set() if d == 1 else None, skip=skip)
     assert result.kept == [1] and result.skipped[0]["index"] == 0
-    assert [e["kind"] for e in result.compile_events] == ["compile"]  # made while image 1 ran, then skipped
+    # made while image 1 ran, then skipped (the session's engine may evict an older variant to make room)
+    assert [e["kind"] for e in result.compile_events if e["kind"] != "evict"] == ["compile"]
     np.testing.assert_array_equal(result.images[0], engine.run(plan.for_image(1)).images[0])
 
 

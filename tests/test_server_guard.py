@@ -104,13 +104,13 @@ def test_a_wrong_number_of_values_is_a_clear_refusal(own_server, count):
 
 @pytest.mark.parametrize("overrides,needle", [
     (dict(seed=float("nan")), "Seed (-1 draws one) must be a finite number, got nan"),
-    (dict(cfg=float("inf")), "CFG scale must be a finite number, got inf"),
+    (dict(cfg=float("inf")), "Guidance scale (CFG) must be a finite number, got inf"),
     (dict(seed="abc"), 'Seed (-1 draws one) must be a number, got "abc"'),
-    (dict(batch=True), "Images must be a number, got true"),
+    (dict(batch=True), "Image number must be a number, got true"),
     (dict(steps=None), "Steps must have a value, got null"),
     (dict(prompt=[1, 2]), "Prompt must be text, got [1, 2]"),
     (dict(deterministic="yes"), 'Deterministic mode must be true or false, got "yes"'),
-    (dict(cfg={"a": 1}), 'CFG scale must be a number, got {"a": 1}'),
+    (dict(cfg={"a": 1}), 'Guidance scale (CFG) must be a number, got {"a": 1}'),
 ])
 def test_values_of_the_wrong_type_are_named(own_server, overrides, needle):
     for api in ("plan_preview", "generate"):

@@ -289,7 +289,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                                           interactive=False, height=330, scale=1)
                 status = gr.Markdown("", elem_id="status")
                 with gr.Row(equal_height=True):
-                    c["prompt"] = gr.Textbox(init["prompt"], show_label=False, lines=2, scale=6, elem_id="prompt",
+                    c["prompt"] = gr.Textbox(init["prompt"], label="Prompt", show_label=False, lines=2, scale=6,
+                                             elem_id="prompt",
                                              placeholder="Type a prompt here (Ctrl+Enter generates)")
                     with gr.Column(scale=1, min_width=150):
                         run_button = gr.Button("Generate", variant="primary", elem_id="generate")
