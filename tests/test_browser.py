@@ -226,17 +226,24 @@ def test_live_preview_appears_while_it_runs(page):
 def test_stop_mid_run_writes_nothing_and_the_next_run_works(page, config):
     open_tab(page, "setting")
     fill(page, 'input[aria-label="number input for Steps"]', 150)
-    fill(page, 'input[aria-label="number input for Image number"]', 16)  # 2,400 short steps: Stop lands mid-run
+    fill(page, 'input[aria-label="number input for Image number"]', 16)  # 2,400 steps: Stop lands mid-run
+    fill(page, "#width input", 256)
+    fill(page, "#height input", 256)
     fill(page, "#seed input", 7)
     before = saved_pngs(config)
     press_generate(page)
+    import time
+    started = time.monotonic()
     wait_text(page, "#status", "step", timeout=GENERATE_WAIT_S)
+    print(f"[stop] the page showed the first step {time.monotonic() - started:.1f} s after Generate")
     find(page, "#stop").click()
     error = wait_text(page, "#error", "stopped", timeout=GENERATE_WAIT_S)
     assert "nothing was saved" in error
     assert saved_pngs(config) == before
     fill(page, 'input[aria-label="number input for Steps"]', 2)
     fill(page, 'input[aria-label="number input for Image number"]', 1)
+    fill(page, "#width input", 64)
+    fill(page, "#height input", 64)
     press_generate(page)
     wait_text(page, "#info", "7 ·", timeout=GENERATE_WAIT_S)
     assert len(saved_pngs(config) - before) == 1

@@ -24,7 +24,7 @@ __all__ = ["CONTROL_ORDER", "STATE_ORDER", "INPUT_ORDER", "build_app", "control_
            "public", "plan_markdown", "report_markdown", "lost_jobs_markdown", "_replay_texts", "ServingParts"]
 
 PREVIEW_EVERY = 2  # steps between live previews
-UPDATE_EVERY_S = 0.15  # the page is sent at most this often while a run streams
+UPDATE_EVERY_S = 0.25  # the page is sent at most this often while a run streams
 
 # Ctrl+Enter (Cmd+Enter on a Mac) presses Generate from anywhere on the page, as in Fooocus and A1111.
 KEYS_JS = """
@@ -217,8 +217,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                     preview_every=PREVIEW_EVERY if live else 0)
 
             run.start(work)
-            stage, step, picture = "waiting for the device", "", None
+            stage, step = "waiting for the device", ""
             for batch in run.stream():
+                picture = None  # only a new preview is sent: resending one per update made the page lag
                 for event in batch:
                     if event[0] == "stage":
                         stage = event[1]
