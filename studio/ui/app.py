@@ -310,22 +310,11 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                 plan_box = gr.Markdown("", elem_id="plan")
             with gr.Column(scale=1, visible=False, elem_id="advanced-column") as advanced_column:
                 with gr.Tabs(elem_id="advanced-tabs"):
-                    with gr.Tab("Setting", elem_id="tab-setting"):
-                        setting.build(page)
-                    with gr.Tab("Style", elem_id="tab-style"):
-                        style.build(page)
-                    with gr.Tab("Model", elem_id="tab-model"):
-                        model_tab.build(page)
-                    with gr.Tab("Advanced", elem_id="tab-advanced"):
-                        advanced.build(page)
-                    with gr.Tab("Presets", elem_id="tab-presets"):
-                        presets_tab.build(page)
-                    with gr.Tab("Image info", elem_id="tab-image-info"):
-                        image_info.build(page)
-                    with gr.Tab("Verify", elem_id="tab-verify"):
-                        verify.build(page)
-                    with gr.Tab("History", elem_id="tab-history"):
-                        history_tab.build(page)
+                    for label, tab in (("Setting", setting), ("Style", style), ("Model", model_tab),
+                                       ("Advanced", advanced), ("Presets", presets_tab),
+                                       ("Image info", image_info), ("Verify", verify), ("History", history_tab)):
+                        with gr.Tab(label, elem_id="tab-" + label.lower().replace(" ", "-")):
+                            tab.build(page)
         # An opened preset's per-image expanded texts, replayed while prompt, seed and batch stay as they were.
         c["replay"] = gr.State(init["replay"])
         # The live-preview switch is page state, not a request field: an API call (no page) gets previews on.
