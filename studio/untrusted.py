@@ -26,6 +26,10 @@ MAX_HISTORY_LINE_BYTES = 1 << 20  # one image's entry; studio's own stay under 0
 MAX_HISTORY_DAY_BYTES = 64 << 20  # of one day's file, only the newest part this size is read
 MAX_HISTORY_DAYS = 3660  # day files looked at, newest first
 MAX_HISTORY_LIMIT = 1000  # entries in one listing
+# Input images and masks for image-to-image, inpaint and outpaint (studio/image_input.py).
+MAX_INPUT_SIDE = 4096  # pixels per side of an input image or mask
+MAX_INPUT_PIXELS = 4096 * 4096  # pixels in all of an input image or mask (16.8 megapixels)
+MAX_INPUT_FILE_BYTES = 64 << 20  # an input image or mask file (4096×4096 RGB pixels uncompressed are 48 MiB)
 
 
 def is_plain_name(name) -> bool:
