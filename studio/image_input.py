@@ -446,7 +446,8 @@ def work_size(box_w: int, box_h: int, target_area: int, multiple: int = 8, max_s
 
 # --- masks and canvases ----------------------------------------------------------------------------
 
-def outpaint_canvas(image: Image.Image, left: int, right: int, top: int, bottom: int) -> tuple[Image.Image, Image.Image]:
+def outpaint_canvas(image: Image.Image, left: int, right: int, top: int,
+                    bottom: int) -> tuple[Image.Image, Image.Image]:
     """``image`` on a canvas grown by the given pixels on each side, the new area filled by repeating
     the edge pixels (as Fooocus fills it), and an L mask: 255 over the new area, 0 over the original."""
     if min(left, right, top, bottom) < 0:
@@ -471,6 +472,8 @@ def masked_box(mask: Image.Image, padding: int, multiple: int = 8) -> Optional[t
     """(x0, y0, x1, y1) of the pixels with mask > 0, grown by ``padding``, clamped to the image, then
     grown (still clamped) so each side is a multiple of ``multiple`` where the image allows it (a side
     the image cannot fit a multiple around is the whole side); None for an empty mask."""
+    if padding < 0:
+        raise ValueError(f"a mask box's padding cannot be negative: {padding}")
     selected = np.asarray(mask) > 0
     if selected.ndim == 3:
         selected = selected.any(axis=2)
@@ -511,9 +514,8 @@ def composite(generated, original, mask) -> np.ndarray:
     weight = m[:, :, None]
     out = gen * weight
     out += orig * (np.float32(1) - weight)
-    keep, repaint = m == 0, m == 1
-    out[keep] = orig[keep]
-    out[repaint] = gen[repaint]
+    keep = m == 0
+    out[keep] = orig[keep]  # exact even where generated is not finite (NaN·0 is NaN); where m is 1, g·1 + o·0 is g
     return out
 
 
