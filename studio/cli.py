@@ -253,7 +253,7 @@ def cmd_generate(args) -> dict:
         t = result.timings
         totals["total_s"] += t["total_s"]
         totals["compile_s"] += t["compile_s"]
-        totals["steps"] += plan.request.steps * plan.request.batch
+        totals["steps"] += plan.steps_run * plan.request.batch
         totals["run_s"] += t["total_s"] - t["compile_s"] - t["load_s"]
         if not args.json:
             for img in images:

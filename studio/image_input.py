@@ -11,6 +11,8 @@ Pure PIL + numpy: nothing here imports torch or diffusers.
 
 from __future__ import annotations
 
+import typing
+
 import hashlib
 import io
 import math
@@ -24,10 +26,12 @@ import numpy as np
 from PIL import Image, ImageFilter, UnidentifiedImageError
 
 from studio.errors import StudioError
+from studio.settings import ImageMode
 from studio.fsutil import atomic_write_bytes
 from studio.untrusted import MAX_INPUT_FILE_BYTES, MAX_INPUT_PIXELS, MAX_INPUT_SIDE, read_bounded
 
-MODES = ("vary-subtle", "vary-strong", "upscale-1.5", "upscale-2", "inpaint", "outpaint")
+INPUTS_FOLDER = "inputs"  # the inputs store: this folder of the output folder
+MODES = typing.get_args(ImageMode)  # the request's modes (settings.ImageMode)
 DEFAULT_STRENGTH = {"vary-subtle": 0.5, "vary-strong": 0.85, "upscale-1.5": 0.382, "upscale-2": 0.382,
                     "inpaint": 1.0, "outpaint": 1.0}  # Fooocus's values
 UPSCALE_FACTOR = {"upscale-1.5": 1.5, "upscale-2": 2.0}

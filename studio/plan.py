@@ -89,6 +89,26 @@ class CompilePlan(_Frozen):
     evicts: Optional[str] = None  # the variant the LRU will drop to make room
 
 
+class ImagePlan(_Frozen):
+    """What an image-input run does with its input, resolved before it runs (engine/image_modes.py)."""
+
+    mode: str
+    input_sha256: str
+    input_size: list[int]  # the stored input's width, height
+    strength: float  # denoise: the share of the schedule that runs
+    steps_run: int  # the denoising steps that run: int(steps × strength), as diffusers counts them
+    first_step: int  # steps of the schedule skipped at its start (steps − steps_run)
+    method: str  # "image-to-image", "latent mask blending (4-channel UNet)" or "inpaint UNet (9 channels)"
+    canvas_size: list[int]  # width, height of the image saved (the input, resized, upscaled or extended)
+    mask_sha256: Optional[str] = None
+    mask_blur: int = 0
+    area: str = "whole"  # "masked": only the crop runs, at width×height, and is pasted back
+    crop: Optional[list[int]] = None  # masked area: x0, y0, x1, y1 of the canvas that runs
+    outpaint: Optional[dict] = None  # pixels added on each side
+    vae_encode: str = "mean"  # the encoded image is the VAE posterior's mean: no draw, the same everywhere
+    notes: list[str] = []  # what was done to the input that the user did not ask for (converted, resized)
+
+
 class Plan(_Frozen):
     studio_version: str
     request: GenerationRequest  # as asked, with the seed resolved
@@ -105,6 +125,17 @@ class Plan(_Frozen):
     determinism: dict
     risks: list[Risk]
     compile: Optional[CompilePlan] = None
+    image: Optional[ImagePlan] = None  # image input: None for text to image
+
+    @property
+    def steps_run(self) -> int:
+        """The denoising steps each image runs (fewer than the request's with an input image)."""
+        return self.image.steps_run if self.image is not None else self.request.steps
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Width and height of the saved images (the canvas, for an input image: the UNet may run a crop)."""
+        return tuple(self.image.canvas_size) if self.image is not None else (self.width, self.height)
 
     def to_json_dict(self) -> dict:
         return self.model_dump(mode="json")

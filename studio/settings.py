@@ -48,6 +48,53 @@ class BackendSpec(_Strict):
     text_encoder: Literal["torch", "openvino"] = "torch"
 
 
+ImageMode = Literal["vary-subtle", "vary-strong", "upscale-1.5", "upscale-2", "inpaint", "outpaint"]
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class Outpaint(_Strict):
+    """Pixels added on each side; the new area is filled from the edge and inpainted."""
+
+    left: int = Field(default=0, ge=0, le=1024, multiple_of=8)
+    right: int = Field(default=0, ge=0, le=1024, multiple_of=8)
+    top: int = Field(default=0, ge=0, le=1024, multiple_of=8)
+    bottom: int = Field(default=0, ge=0, le=1024, multiple_of=8)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.left or self.right or self.top or self.bottom)
+
+
+class ImageInput(_Strict):
+    """An input image and what to do with it. Images are named by the sha256 of their pixels in the output
+    folder's inputs store (studio/image_input.py), never by a path: a request, a preset or an image's
+    metadata carries the hash, and the store (or a folder searched by hash) gives the pixels."""
+
+    mode: ImageMode
+    sha256: str = Field(pattern=SHA256, description="the input image's pixel sha256 (image_input.pixel_sha256)")
+    strength: Optional[float] = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False,
+                                      description="denoise: how much of the schedule runs (None: the mode's "
+                                                  "default, as Fooocus: vary 0.5/0.85, upscale 0.382, inpaint 1)")
+    mask_sha256: Optional[str] = Field(default=None, pattern=SHA256, description="inpaint: white = repaint")
+    mask_blur: int = Field(default=0, ge=0, le=64, description="Gaussian blur radius of the mask's edge, in pixels")
+    inpaint_area: Literal["whole", "masked"] = Field(
+        default="whole", description="masked: only the masked area (and padding) runs, at full resolution")
+    masked_padding: int = Field(default=32, ge=0, le=256, description="pixels around the masked area, for 'masked'")
+    outpaint: Outpaint = Outpaint()
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> "ImageInput":
+        if self.mode == "inpaint" and self.mask_sha256 is None:
+            raise ValueError("inpaint needs a mask (white = repaint): --mask FILE, or paint one in the app")
+        if self.mode == "outpaint" and not self.outpaint.any:
+            raise ValueError("outpaint needs pixels to add on at least one side (--outpaint left=128,...)")
+        if self.mode != "outpaint" and self.outpaint.any:
+            raise ValueError(f"outpaint sides are set but the mode is {self.mode}: use --mode outpaint")
+        if self.mode != "inpaint" and self.mask_sha256 is not None:
+            raise ValueError(f"a mask is given but the mode is {self.mode}: use --mode inpaint")
+        return self
+
+
 class GenerationRequest(_Strict):
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
@@ -79,6 +126,8 @@ class GenerationRequest(_Strict):
                                  description="move words after a comma to the next chunk when a chunk fills "
                                              "within this many tokens of it (0 = off)")
     chunk_policy: str = "exact"
+    image: Optional[ImageInput] = Field(default=None, description="image input (vary, upscale, inpaint, "
+                                                                  "outpaint); None: text to image")
 
     @field_validator("sampler")
     @classmethod

@@ -99,3 +99,47 @@ def build_tiny_lm(folder, safe: bool = True):
         torch.save(model.state_dict(), str(Path(folder) / "pytorch_model.bin"))
         (Path(folder) / "model.safetensors").unlink()
     return folder
+
+
+def build_tiny_inpaint(folder):
+    """A diffusers folder holding a tiny SD1 inpainting checkpoint: the tiny model with a 9-channel UNet
+    (latents + mask + the masked image's latents), seeded, saved as safetensors."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    from studio.models import demo
+    from studio.settings import AppConfig
+
+    cache = AppConfig.from_env().cache_dir
+    base = demo._build_tiny(cache)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+    )
+    pipe = StableDiffusionInpaintPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet, scheduler=base.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(config):
+    """The name of a tiny 9-channel inpainting model in the session's models folder."""
+    build_tiny_inpaint(config.models_dir / "tiny-inpaint")
+    return "tiny-inpaint"
+
+
+def make_picture(width: int, height: int, seed: int = 0):
+    """A smooth, seeded RGB test picture (gradients and a disc), so resizes and encodes have structure."""
+    import numpy as np
+    from PIL import Image
+
+    rs = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 127 + 120 * np.sin(x / max(width, 1) * 6.28 + rs.rand() * 6)
+    g = 127 + 120 * np.cos(y / max(height, 1) * 6.28 + rs.rand() * 6)
+    b = np.where((x - width / 2) ** 2 + (y - height / 2) ** 2 < (min(width, height) / 3) ** 2, 220.0, 40.0)
+    return Image.fromarray(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))

@@ -7,7 +7,9 @@ from typing import Any, Callable, Optional
 
 from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
                                   non_finite)
+from studio.backends.image_inputs import encode_image, image_kwargs, watch_noise
 from studio.engine import determinism, precision
+from studio.engine.image_modes import METHODS
 from studio.plan import Plan, ResolvedBackend
 from studio.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
@@ -44,6 +46,7 @@ class TorchBackend:
 
     def __init__(self, max_pipelines: int = 1):
         self._pipelines: OrderedDict[tuple, Any] = OrderedDict()
+        self._mode_pipes: dict[tuple, Any] = {}  # (pipeline key, task) → the task's pipeline on the same modules
         self._max = max_pipelines
         self._last_conditioning: tuple | None = None
 
@@ -78,6 +81,7 @@ class TorchBackend:
             return self._pipelines[key]
         while len(self._pipelines) >= self._max:
             self._pipelines.popitem(last=False)  # drop the old one before loading the next
+            self._mode_pipes.clear()
         pipe = load()
         # Every run builds its scheduler from the model's own config, never from the last sampler's.
         pipe._studio_scheduler_config = dict(pipe.scheduler.config)
@@ -104,41 +108,63 @@ class TorchBackend:
                "(studio verify --twice) and lower large prompt weights")
 
         def message(step: int) -> str:
-            return non_finite("UNet", f"at step {step} of {plan.request.steps}",
+            return non_finite("UNet", f"at step {step} of {plan.steps_run}",
                               f"{dtype} on {plan.backend.device}", fix)
 
         return message
 
+    def _task_pipeline(self, plan: Plan, pipe):
+        """The image-to-image or inpaint pipeline of ``pipe``'s modules (diffusers' own, made once)."""
+        from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+        task = "img2img" if plan.image.method == METHODS["img2img"] else "inpaint"
+        key = (self._key(plan), task)
+        if key not in self._mode_pipes:
+            auto = AutoPipelineForImage2Image if task == "img2img" else AutoPipelineForInpainting
+            made = auto.from_pipe(pipe)
+            made._studio_scheduler_config = pipe._studio_scheduler_config
+            self._mode_pipes[key] = made
+        return self._mode_pipes[key], task
+
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
-                 hooks: Optional[RunHooks] = None):
+                 hooks: Optional[RunHooks] = None, inputs=None):
         import sys
 
         hooks = as_hooks(on_step, hooks)
         pipe = self._pipeline(plan, load_pipeline)
+        task_kwargs = {}
+        if plan.image is not None:
+            pipe, task = self._task_pipeline(plan, pipe)
+            task_kwargs = image_kwargs(plan, inputs, task, lambda x: encode_image(pipe.vae, x))
         hooks.check()  # a Stop pressed while the model loaded ends the run here
         request = plan.request
         determinism.apply(request.deterministic)
         upcasts_before = getattr(pipe.vae, "_studio_upcasts", 0)
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe._studio_scheduler_config, generators[0])
+        noise_check = watch_noise(pipe.scheduler, latents) if plan.image is not None else None
         pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
         conditioning = self._conditioning(pipe, plan).pipeline_kwargs()
+        # Text to image starts from the drawn noise; an input image's pipeline draws the same noise itself
+        # (from generators in the state it was drawn from) and adds it to the encoded image.
+        start = task_kwargs or dict(width=plan.width, height=plan.height,
+                                    latents=latents)  # fp32: the scheduler's arithmetic stays fp32
         hooks.sampling()
         try:
             out = pipe(
                 **conditioning,
+                **start,
                 num_inference_steps=request.steps,
                 guidance_scale=request.cfg,
-                width=plan.width,
-                height=plan.height,
                 num_images_per_prompt=len(generators),
-                latents=latents,  # fp32: the scheduler's arithmetic stays fp32 whatever the UNet runs in
                 generator=generators,
                 output_type="np",
-                callback_on_step_end=guarded_callback(hooks, request.steps, self._unet_failed(plan)),
+                callback_on_step_end=guarded_callback(hooks, plan.steps_run, self._unet_failed(plan)),
             )
         except ImageSkipped:
             # The pipeline holds nothing of the ended run: the next image sets its scheduler and latents afresh.
             return BackendOutput(images=None, skipped=True)
+        if noise_check is not None:
+            noise_check()
         notes = []
         if getattr(pipe.vae, "_studio_upcasts", 0) > upcasts_before:
             notes.append(f"vae_upcast: the {plan.backend.precision['vae']} VAE decode gave NaN or a flat image; "

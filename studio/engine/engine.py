@@ -21,6 +21,8 @@ from studio.prompts.chunking import MAX_PROMPT_CHARS, check_length, count_tokens
 from studio.repro import risks
 from studio.settings import AppConfig, GenerationRequest
 from studio.styles import StyleLibrary, apply_styles, load_library
+from studio.engine import image_modes
+from studio.image_input import INPUTS_FOLDER, InputStore
 
 
 @dataclass
@@ -109,6 +111,8 @@ class Engine:
         self._expanders: dict[str, Any] = {}  # causal-LM expanders by folder, loaded once
         # Read once here, so planning stays pure; a broken folder file is a line in .problems, not a failure.
         self.styles: StyleLibrary = load_library(config.styles_dir)
+        # Input images and masks by pixel hash (image_input.py): requests name them, never point at files.
+        self.inputs = InputStore(config.output_dir / INPUTS_FOLDER)
         # One run at a time: backends keep mutable state (the pipeline's scheduler, cached conditioning,
         # compiled variants) that two runs side by side would tear, and determinism flags are process-wide.
         # Plans need no lock: planning only reads.
@@ -152,8 +156,16 @@ class Engine:
         seeds = noise.image_seeds(request.seed, request.batch)
         # 3. size and latent layout
         arch = architecture(source, self.config.cache_dir)
-        width = request.width or arch["default_size"]
-        height = request.height or arch["default_size"]
+        image_plan = None
+        if request.image is not None:
+            # The input decides the size: the width and height asked for (the aspect ratio) are not used.
+            image_plan, width, height = image_modes.plan_image(request, arch, self.inputs)
+        elif arch.get("unet_in_channels", 4) != arch["latent_channels"]:
+            raise StudioError(f"{source.name} is an inpainting model ({arch['unet_in_channels']}-channel UNet): "
+                              "give it an input image with --mode inpaint or outpaint, or pick another model")
+        else:
+            width = request.width or arch["default_size"]
+            height = request.height or arch["default_size"]
         if width % arch["vae_scale"] or height % arch["vae_scale"]:
             raise StudioError(f"width and height must be multiples of {arch['vae_scale']} for this model")
         latent_shape = [arch["latent_channels"], height // arch["vae_scale"], width // arch["vae_scale"]]
@@ -177,7 +189,7 @@ class Engine:
             sampler=spec.name, scheduler=spec.scheduler, stochastic_sampler=spec.stochastic,
             noise=noise_plan,
             model=model, backend=resolved, prompt=prompt, determinism=determinism.settings(request.deterministic),
-            risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan,
+            risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan, image=image_plan,
         )
 
     def reload_styles(self) -> StyleLibrary:
@@ -250,7 +262,12 @@ class Engine:
     def preview_fingerprints(self, plan: Plan) -> list[str]:
         """The initial-noise fingerprints a run of ``plan`` will have (noise is cheap to draw; nothing else runs)."""
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
-        return noise.image_fingerprints(noise.initial_latents(generators, tuple(plan.noise.latent_shape), "cpu"))
+        return noise.image_fingerprints(noise.initial_latents(generators, tuple(plan.noise.latent_shape), "cpu"),
+                                        self._fingerprint_salt(plan))
+
+    @staticmethod
+    def _fingerprint_salt(plan: Plan) -> str:
+        return image_modes.fingerprint_salt(plan.image) if plan.image is not None else ""
 
     def next_request(self, request: GenerationRequest, plan: Plan) -> GenerationRequest:
         """The request for the run after ``plan``, as the seed mode says (fixed / increment / random)."""
@@ -301,8 +318,14 @@ class Engine:
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
         # on the generators' device; the pipeline moves them to where it runs
         latents = noise.initial_latents(generators, tuple(plan.noise.latent_shape), plan.noise.generator_device)
-        fingerprints = noise.image_fingerprints(latents)
+        fingerprints = noise.image_fingerprints(latents, self._fingerprint_salt(plan))
         backend = self.backend(plan.backend.name)
+        inputs = None
+        if plan.image is not None:
+            inputs = image_modes.prepare(plan.image, plan.request, plan.width, plan.height, self.inputs)
+            # The pipeline adds the noise to the encoded image itself: it draws it from generators in the
+            # state the noise above was drawn from, so it is the same draw (and the fingerprint holds).
+            generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
         load_s = 0.0
 
         def load():
@@ -318,7 +341,7 @@ class Engine:
         # Images run one at a time: batched matmuls round differently from single ones (~1e-6 on
         # CPU BLAS), which would make image i of a batch differ from the same seed run alone.
         outputs, kept, skipped = [], [], []
-        steps, count = plan.request.steps, len(generators)
+        steps, count = plan.steps_run, len(generators)
         steps_done = 0
         preview_failed: list[str] = []  # a failing preview turns previews off; the images go on
         for i, generator in enumerate(generators):
@@ -336,7 +359,8 @@ class Engine:
             hooks = RunHooks(stage=stages.begin, check=stages.check,
                              sampling=lambda i=i: stages.begin(f"image {i + 1} of {count}"), step=step,
                              latents=self._previewer(plan, i, on_preview, preview_every, preview_failed))
-            out = backend.generate(plan.for_image(i), load, latents[i: i + 1], [generator], hooks=hooks)
+            extra = {"inputs": inputs} if inputs is not None else {}
+            out = backend.generate(plan.for_image(i), load, latents[i: i + 1], [generator], hooks=hooks, **extra)
             outputs.append(out)
             # A Skip pressed while the image decoded drops it too: it was the image in progress.
             if out.skipped or (skip is not None and skip.is_set()):
@@ -348,6 +372,8 @@ class Engine:
         if not kept:
             raise AllSkipped(f"every image of the batch ({count}) was skipped; nothing was saved")
         images = np.concatenate([outputs[i].images for i in kept])
+        if inputs is not None:
+            images = image_modes.finish(plan.image, inputs, images)
         if not np.isfinite(images).all():  # the last line of defence: backends stop earlier, naming the step
             bad = next(i for i in kept if not np.isfinite(outputs[i].images).all())
             vae = plan.backend.precision.get("vae")

@@ -32,16 +32,19 @@ def initial_latents(generators, shape: tuple[int, int, int], device: str):
     return torch.cat(parts).to(device)
 
 
-def fingerprint(latents) -> str:
-    """sha256 over the latents as contiguous little-endian fp32, prefixed by their shape."""
+def fingerprint(latents, salt: str = "") -> str:
+    """sha256 over the latents as contiguous little-endian fp32, prefixed by their shape; then ``salt``
+    (what else decides where the noise lands: an input image's hash and the step it is added at)."""
     import torch
 
     t = latents.detach().to(device="cpu", dtype=torch.float32).contiguous()
     h = hashlib.sha256(("x".join(str(d) for d in t.shape) + ";").encode())
     h.update(t.numpy().astype("<f4", copy=False).tobytes())
+    if salt:
+        h.update(b";" + salt.encode())
     return h.hexdigest()
 
 
-def image_fingerprints(latents) -> list[str]:
+def image_fingerprints(latents, salt: str = "") -> list[str]:
     """The first 16 hex digits of each image's own fingerprint (shape 1×C×H×W)."""
-    return [fingerprint(latents[i : i + 1])[:16] for i in range(latents.shape[0])]
+    return [fingerprint(latents[i : i + 1], salt)[:16] for i in range(latents.shape[0])]

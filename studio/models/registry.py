@@ -321,7 +321,9 @@ def architecture(source: ModelSource, cache_dir: Path) -> dict:
         return {
             "default_size": int(unet["sample_size"]) * vae_scale,
             "vae_scale": vae_scale,
-            "latent_channels": int(unet["in_channels"]),
+            "latent_channels": int(vae.get("latent_channels", unet.get("out_channels", 4))),
+            # 9 for an inpainting checkpoint: latents + mask + the masked image's latents
+            "unet_in_channels": int(unet["in_channels"]),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise StudioError(f"{source.name}: the unet/vae config lacks a usable {exc!s:.40} entry; "
