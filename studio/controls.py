@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from studio.samplers import GPU_SUFFIX, SAMPLERS
-from studio.settings import BackendSpec, GenerationRequest, Precision
+from studio.settings import BackendSpec, GenerationRequest, ImageInput, Precision
 
 Kind = Literal["text", "number", "slider", "choice", "check", "multi"]
 
@@ -30,7 +30,7 @@ class Control:
 
     @property
     def field(self):
-        model = {"backend": BackendSpec, "precision": Precision}.get(self.path[0], GenerationRequest) \
+        model = {"backend": BackendSpec, "precision": Precision, "image": ImageInput}.get(self.path[0], GenerationRequest) \
             if len(self.path) > 1 else GenerationRequest
         return model.model_fields[self.path[-1]]
 
@@ -53,7 +53,7 @@ class Control:
     def bounds(self) -> tuple[Optional[float], Optional[float]]:
         low = high = None
         for rule in self.field.metadata:
-            low = getattr(rule, "ge", low)
+            low = getattr(rule, "ge", getattr(rule, "gt", low))
             high = getattr(rule, "le", high)
         return low, high
 
@@ -92,6 +92,19 @@ CONTROLS: tuple[Control, ...] = (
     Control("clip_skip", ("clip_skip",), "CLIP skip", "slider", None, "A1111's Clip skip: 1 = the last layer"),
     Control("styles", ("styles",), "Styles", "multi", "--style",
             "prompt templates applied in order before the prompt is counted and chunked"),
+    # Image input: the image and mask themselves are files (the CLI's --image/--mask, the app's panel), named
+    # in the request by their pixel hash; these are the settings around them.
+    Control("image_mode", ("image", "mode"), "Input image mode", "choice", None,
+            "vary and upscale run image-to-image; inpaint repaints the mask's white; outpaint extends the image"),
+    Control("strength", ("image", "strength"), "Denoise", "slider", None,
+            "how much of the schedule runs on the input: 0 takes the mode's default (vary 0.5/0.85, upscale 0.382, "
+            "inpaint 1)", step=0.01),
+    Control("mask_blur", ("image", "mask_blur"), "Mask blur", "slider", None,
+            "pixels of feathering where the repainted area meets the kept image"),
+    Control("inpaint_area", ("image", "inpaint_area"), "Inpaint area", "choice", None,
+            "masked: only the masked area and its padding run, at the model's full resolution"),
+    Control("masked_padding", ("image", "masked_padding"), "Masked area padding", "slider", None,
+            "pixels of context around the masked area (inpaint area: masked)"),
 )
 BY_NAME = {c.name: c for c in CONTROLS}
 CONTROL_ORDER = tuple(c.name for c in CONTROLS)

@@ -108,6 +108,21 @@ class ImagePlan(_Frozen):
     vae_encode: str = "mean"  # the encoded image is the VAE posterior's mean: no draw, the same everywhere
     notes: list[str] = []  # what was done to the input that the user did not ask for (converted, resized)
 
+    def summary(self, steps: int) -> str:
+        """One line for the plan's reader: what runs on which input, how many steps, what comes out."""
+        w, h = self.input_size
+        parts = [f"{self.mode} of input {self.input_sha256[:12]} ({w}×{h})",
+                 f"denoise {self.strength:g}: runs {self.steps_run} of {steps} steps", self.method]
+        if self.mask_sha256:
+            parts.append(f"mask {self.mask_sha256[:12]}, blur {self.mask_blur}")
+        if self.outpaint:
+            parts.append("adds " + ", ".join(f"{v} px {k}" for k, v in self.outpaint.items() if v))
+        if self.crop:
+            parts.append(f"only the masked area {self.crop[2] - self.crop[0]}×{self.crop[3] - self.crop[1]} "
+                         f"at ({self.crop[0]}, {self.crop[1]})")
+        parts.append("output {}×{}".format(*self.canvas_size))
+        return " · ".join(parts)
+
 
 class Plan(_Frozen):
     studio_version: str

@@ -4,15 +4,17 @@ from studio.ui.server import main as serve
 
 
 def controls(**overrides):
-    from studio.ui.app import CONTROL_ORDER
+    from studio.ui.app import API_ORDER
 
     values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
                   steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
                   deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
                   backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact",
-                  clip_skip=1, styles=[])
+                  clip_skip=1, styles=[], image_mode="vary-subtle", strength=0, mask_blur=0, inpaint_area="whole",
+                  masked_padding=32, input_image=False, uov_image=None, inpaint_image=None, mask_image=None,
+                  outpaint_sides=[], outpaint_pixels=128)
     values.update(overrides)
-    return [values[name] for name in CONTROL_ORDER]
+    return [values[name] for name in API_ORDER]
 
 
 def test_generate_through_the_server(server, config):
@@ -110,12 +112,12 @@ def test_opening_a_preset_fills_the_controls_and_reports(server, tmp_path):
 
     from gradio_client import Client, handle_file
 
-    from studio.ui.app import CONTROL_ORDER
+    from studio.ui.app import API_ORDER
 
     client = Client(server, verbose=False)
     out = client.predict("reproducible", None, api_name="/open_preset")
-    values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
-    error, report = out[len(CONTROL_ORDER):]
+    values = dict(zip(API_ORDER, out[:len(API_ORDER)]))
+    error, report = out[len(API_ORDER):]
     assert error == "" and values["sampler"] == "euler_a" and values["deterministic"] is True
     assert values["seed"] == 12345 and values["noise_source"] == "cpu"
     assert (values["width"], values["height"]) == (64, 64)  # no size in the preset: the tiny model's own
@@ -125,12 +127,12 @@ def test_opening_a_preset_fills_the_controls_and_reports(server, tmp_path):
     path = tmp_path / "other.json"
     path.write_text(json.dumps(there))
     out = client.predict(None, handle_file(str(path)), api_name="/open_preset")
-    values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
-    error, report = out[len(CONTROL_ORDER):]
+    values = dict(zip(API_ORDER, out[:len(API_ORDER)]))
+    error, report = out[len(API_ORDER):]
     assert values["prompt"] == "a cat, film grain" and values["expansion"] is False  # replayed verbatim
     assert "expected: a different image" in report and "model.sha256" in report
     path.write_text(json.dumps({"schema_version": 9}))
-    error = client.predict(None, handle_file(str(path)), api_name="/open_preset")[len(CONTROL_ORDER)]
+    error = client.predict(None, handle_file(str(path)), api_name="/open_preset")[len(API_ORDER)]
     assert "schema_version 9" in error and "update studio" in error
 
 
@@ -139,7 +141,7 @@ def test_a_batch_preset_replays_its_expanded_texts(server, tmp_path):
 
     from gradio_client import Client, handle_file
 
-    from studio.ui.app import CONTROL_ORDER
+    from studio.ui.app import API_ORDER
 
     texts = ["a cat, first words", "a cat, second words"]
     path = tmp_path / "batch.json"
@@ -149,14 +151,14 @@ def test_a_batch_preset_replays_its_expanded_texts(server, tmp_path):
                                             "expanded_prompt": texts}}))
     client = Client(server, verbose=False)
     out = client.predict(None, handle_file(str(path)), api_name="/open_preset")
-    values = dict(zip(CONTROL_ORDER, out[:len(CONTROL_ORDER)]))
-    assert out[len(CONTROL_ORDER)] == ""
+    values = dict(zip(API_ORDER, out[:len(API_ORDER)]))
+    assert out[len(API_ORDER)] == ""
     assert values["prompt"] == "a cat" and values["expansion"] is True and values["batch"] == 2
-    _, error, info, _ = client.predict(*[values[n] for n in CONTROL_ORDER], api_name="/generate")[:4]
+    _, error, info, _ = client.predict(*[values[n] for n in API_ORDER], api_name="/generate")[:4]
     assert error == ""
     assert "`3` expanded prompt: a cat, first words" in info and "`4` expanded prompt: a cat, second words" in info
     # another seed: the stored texts no longer belong to the settings, expansion runs anew
-    _, plan = client.predict(*[{**values, "seed": 5}[n] for n in CONTROL_ORDER], api_name="/plan_preview")
+    _, plan = client.predict(*[{**values, "seed": 5}[n] for n in API_ORDER], api_name="/plan_preview")
     assert "seeded by each image's seed" in plan and "first words" not in plan
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 from test_app import call_queued, controls
 
-from studio.ui.app import CONTROL_ORDER, public
+from studio.ui.app import API_ORDER, public
 from studio.ui.guard import FREE_LOGIN_FAILURES, MAX_BODY_BYTES, LoginThrottle
 
 
@@ -94,12 +94,12 @@ def test_a_body_without_a_length_is_cut_off_at_the_limit():
     assert len(chunks) == 40 - 3  # read 3 MiB, not 40
 
 
-@pytest.mark.parametrize("count", [5, len(CONTROL_ORDER) + 30])
+@pytest.mark.parametrize("count", [5, len(API_ORDER) + 30])
 def test_a_wrong_number_of_values_is_a_clear_refusal(own_server, count):
     status, body = post(own_server[0] + "gradio_api/call/plan_preview",
                         json.dumps({"data": (controls() * 3)[:count]}).encode())
     assert status == 422
-    assert json.loads(body)["error"] == f"plan_preview takes {len(CONTROL_ORDER)} values, got {count}"
+    assert json.loads(body)["error"] == f"plan_preview takes {len(API_ORDER)} values, got {count}"
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -264,7 +264,7 @@ def test_the_api_takes_parameters_named_after_the_request_fields(own_server):
     client = Client(own_server[0], verbose=False)
     names = [p["parameter_name"] for p in client.view_api(return_format="dict", print_info=False)
              ["named_endpoints"]["/generate"]["parameters"]]
-    assert names == list(CONTROL_ORDER)
+    assert names == list(API_ORDER)
     # a script names only what it changes; the rest are the page's start values
     _, error, info, _ = client.predict(prompt="a red door", seed=31, steps=1, api_name="/generate")[:4]
     assert error == "" and "`31`" in info

@@ -16,11 +16,11 @@ from pathlib import Path
 from studio.controls import CONTROL_ORDER
 from studio.errors import StudioError
 from studio.settings import AppConfig
-from studio.ui.page import INPUT_ORDER, STATE_ORDER, Page, _replay_texts, control_values, request_values
+from studio.ui.page import API_ORDER, INPUT_ORDER, STATE_ORDER, Page, _replay_texts, control_values, request_values
 from studio.ui.views import (error_html, handler, lost_jobs_markdown, plan_markdown, public,
                              report_markdown)
 
-__all__ = ["CONTROL_ORDER", "STATE_ORDER", "INPUT_ORDER", "build_app", "control_values", "request_values",
+__all__ = ["CONTROL_ORDER", "API_ORDER", "STATE_ORDER", "INPUT_ORDER", "build_app", "control_values", "request_values",
            "public", "plan_markdown", "report_markdown", "lost_jobs_markdown", "_replay_texts", "ServingParts"]
 
 PREVIEW_EVERY = 2  # steps between live previews
@@ -130,7 +130,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     from studio.settings import build_request
     from studio.ui.gallery_copies import GalleryCopies
     from studio.ui.job_journal import JobJournal
-    from studio.ui.tabs import (advanced, history as history_tab, image_info, model as model_tab,
+    from studio.ui.tabs import (advanced, history as history_tab, image_info, input_image, model as model_tab,
                                 presets as presets_tab, setting, style, verify)
 
     studio = Studio(config)
@@ -154,11 +154,11 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     @handler(lambda e: (e, "", gr.update()))
     def preview_and_cache(values):
         """The plan of the current settings, before Generate, and the compile cache's view of it."""
-        request = build_request(**request_values(values))
+        request, notes = page.settings(values)
         plan = studio.plan(request)
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None
-        shown = plan_markdown(plan, None if drawn_later else studio.engine.preview_fingerprints(plan))
+        shown = plan_markdown(plan, None if drawn_later else studio.engine.preview_fingerprints(plan), notes)
         return "", public(shown), public(advanced.cache_markdown(studio, plan))
 
     def preview(*values):
@@ -194,7 +194,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         skip = skips[session] = threading.Event()
         try:
             try:
-                settings = build_request(**request_values(values))
+                settings, _ = page.settings(values)
                 plan = studio.plan(settings)
             except StudioError as exc:
                 yield keep, error_html(exc.message), keep, keep, keep, "", keep
@@ -272,6 +272,19 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         if skip is not None:
             skip.set()
 
+    @handler(lambda e: (gr.update(), gr.update(), gr.update(), e))
+    def send_to_input(images, index, mode):
+        """The picked gallery image (the first when none was picked) into the Input image panel's tab for the
+        mode, with the panel turned on."""
+        paths = [item[0] if isinstance(item, (list, tuple)) else item for item in images or []]
+        paths = [p.get("path") if isinstance(p, dict) else p for p in paths]
+        if not paths:
+            return gr.update(), gr.update(), gr.update(), "generate an image first: the gallery is empty"
+        path = paths[index if isinstance(index, int) and 0 <= index < len(paths) else 0]
+        if mode in input_image.MASK_MODES:
+            return True, gr.update(), {"background": path, "layers": [], "composite": path}, ""
+        return True, path, gr.update(), ""
+
     def end_session(request: gr.Request = None):
         copies.end_session(getattr(request, "session_hash", None))
 
@@ -285,10 +298,14 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         with gr.Row(elem_id="studio-main"):
             with gr.Column(scale=2, elem_id="main-column"):
                 with gr.Row():
-                    gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=330, scale=3)
+                    gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=330, scale=3,
+                                         type="filepath")
                     live_image = gr.Image(label="Live preview", elem_id="live-preview", type="pil",
                                           interactive=False, height=330, scale=1)
-                status = gr.Markdown("", elem_id="status")
+                with gr.Row():
+                    status = gr.Markdown("", elem_id="status")
+                    send = gr.Button("Send to Input image", size="sm", scale=0, min_width=160,
+                                     elem_id="send-to-input")
                 with gr.Row(equal_height=True):
                     c["prompt"] = gr.Textbox(init["prompt"], label="Prompt", show_label=False, lines=2, scale=6,
                                              elem_id="prompt",
@@ -304,6 +321,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                     c["expansion"] = gr.Checkbox(init["expansion"], label="Prompt expansion", elem_id="expansion",
                                                  container=False)
                     live_switch = gr.Checkbox(True, label="Live preview", elem_id="live-switch", container=False)
+                    c["input_image"] = gr.Checkbox(init["input_image"], label="Input image", elem_id="input-switch",
+                                                   container=False)
+                input_image.build(page)
                 error = gr.HTML("", elem_id="error")
                 page.parts["error"] = error
                 info = gr.Markdown("", elem_id="info")
@@ -346,6 +366,17 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             api_visibility="private").then(listing, None, listing_outputs, show_progress="hidden",
                                            api_visibility="private")
         app.load(listing, None, listing_outputs, api_visibility="private")
+        chosen = gr.State(None)  # the gallery image last clicked (index)
+
+        def pick(evt: gr.SelectData):
+            return evt.index
+
+        pick.__annotations__ = {"evt": gr.SelectData}  # `gr` is imported here: give the real class
+
+        gallery.select(pick, None, chosen, api_visibility="private", show_progress="hidden")
+        send.click(send_to_input, [gallery, chosen, c["image_mode"]],
+                   [c["input_image"], c["uov_image"], c["inpaint_image"], error], api_visibility="private",
+                   show_progress="hidden")
         stop_button.click(stop_run, None, None, api_name="stop")
         skip_button.click(skip_image, None, None, api_name="skip")
         app.unload(end_session)

@@ -133,12 +133,13 @@ class Guard:
 # What each kind of control accepts as JSON, and whether it may be null (Gradio's own checks fail
 # with no message on these).
 _KINDS = {"Number": ("number", True), "Slider": ("number", False), "Textbox": ("text", True),
-          "Radio": ("text", True), "Dropdown": ("text", True), "Checkbox": ("bool", False)}
+          "Radio": ("text", True), "Dropdown": ("text", True), "Checkbox": ("bool", False),
+          "CheckboxGroup": ("texts", True)}
 
 
 def _value_problem(component, value) -> str | None:
     kind, nullable = _KINDS.get(type(component).__name__, (None, True))
-    if kind == "text" and getattr(component, "multiselect", False):
+    if kind == "texts" or (kind == "text" and getattr(component, "multiselect", False)):
         # A multi-select list (styles): a list of texts.
         if value is None:
             return None

@@ -10,9 +10,13 @@ from typing import Any
 from studio.controls import CONTROL_ORDER
 from studio.errors import StudioError
 
+# The Input image panel's files and switches (studio/ui/tabs/input_image.py): API parameters, not request fields
+# (a request names the files by hash once they are in the inputs store).
+IMAGE_ORDER = ("input_image", "uov_image", "inpaint_image", "mask_image", "outpaint_sides", "outpaint_pixels")
 # Session state after the controls: Gradio keeps it out of the HTTP API, whose callers pass the controls only.
 STATE_ORDER = ("replay", "live_preview")
-INPUT_ORDER = CONTROL_ORDER + STATE_ORDER
+API_ORDER = CONTROL_ORDER + IMAGE_ORDER  # the parameters of /generate, /plan_preview and the other control calls
+INPUT_ORDER = API_ORDER + STATE_ORDER
 
 
 def _replay_texts(values: dict) -> list[str] | None:
@@ -33,8 +37,9 @@ def _replay_texts(values: dict) -> list[str] | None:
     return list(texts) if same else None
 
 
-def request_values(values: dict) -> dict:
-    """UI control values → GenerationRequest fields."""
+def request_values(values: dict, image: dict | None = None) -> dict:
+    """UI control values → GenerationRequest fields; ``image`` is the request's image (input_image.request_image
+    makes it: it needs the inputs store)."""
     # Numbers are passed as they came: the request model checks them (a NaN, a null or a text from a
     # hostile API call is a clear message there, where int()/float() here would raise).
     for name, label in (("width", "Width"), ("height", "Height")):
@@ -55,14 +60,17 @@ def request_values(values: dict) -> dict:
                  # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
                  "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
         chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], styles=values["styles"] or [],
-        expanded_prompt=_replay_texts(values),
+        expanded_prompt=_replay_texts(values), image=image,
     )
 
 
-def control_values(request) -> dict:
-    """GenerationRequest → UI control values (the inverse of request_values)."""
+def control_values(request, inputs=None) -> dict:
+    """GenerationRequest → UI control values (the inverse of request_values); with ``inputs`` (the inputs store)
+    the Input image panel gets the request's stored image and mask."""
+    from studio.ui.tabs.input_image import image_values
+
     r = request
-    return dict(
+    return dict(**image_values(r, inputs),
         prompt=r.prompt, negative_prompt=r.negative_prompt, seed=-1 if r.seed is None else r.seed,
         seed_mode=r.seed_mode, batch=r.batch, steps=r.steps, cfg=r.cfg, sampler=r.sampler,
         width=r.width or 512, height=r.height or 512, model=r.model, noise_source=r.noise_source,
@@ -88,6 +96,15 @@ class Page:
 
     def later(self, wire) -> None:
         self.wiring.append(wire)
+
+    def settings(self, values: dict):
+        """The GenerationRequest of the page's values (its input image and mask put into the inputs store) and
+        notes on what reading them converted."""
+        from studio.settings import build_request
+        from studio.ui.tabs.input_image import request_image
+
+        image, notes = request_image(self.studio.engine.inputs, values)
+        return build_request(**request_values(values, image)), notes
 
     @property
     def inputs(self) -> list:

@@ -67,8 +67,9 @@ def lost_jobs_markdown(lost: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plan_markdown(plan, fingerprints: list[str] | None) -> str:
-    """What will run, shown before Generate: seeds, noise, fingerprints, and every reproducibility risk."""
+def plan_markdown(plan, fingerprints: list[str] | None, input_notes: list[str] = ()) -> str:
+    """What will run, shown before Generate: seeds, noise, fingerprints, and every reproducibility risk;
+    ``input_notes`` say what reading the input image converted."""
     noise = plan.noise
     paragraphs = [
         f"**Will run:** {plan.model.name} (`{plan.model.short_hash}`) · {plan.backend.name} on "
@@ -78,6 +79,9 @@ def plan_markdown(plan, fingerprints: list[str] | None) -> str:
         + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
         + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
     ]
+    if plan.image is not None:
+        paragraphs.append("**Input image:** " + html.escape(plan.image.summary(plan.request.steps))
+                          + "".join(f"\n- {html.escape(n)}" for n in (*input_notes, *plan.image.notes)))
     if plan.prompt.styles:
         paragraphs.append("**Styles:** " + ", ".join(html.escape(st.name) for st in plan.prompt.styles)
                           + f" → encoded prompt: {html.escape(plan.prompt.prompt_styled)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from studio.ui.tabs import input_image
 from studio.ui.widgets import widget
 
 
@@ -45,6 +46,8 @@ def build(page) -> None:
     c["ov_mode"] = widget("ov_mode", init["ov_mode"])
     c["text_encoder"] = widget("text_encoder", init["text_encoder"])
     c["chunk_policy"] = widget("chunk_policy", init["chunk_policy"])
+    gr.Markdown("**Input image** (vary, upscale, inpaint, outpaint)")
+    input_image.build_settings(page)
     with gr.Group(elem_id="compile-cache"):
         cache = gr.Markdown("", elem_id="compile-cache-info")
         drop = gr.Button("Drop the compile cache", size="sm", elem_id="drop-cache")

@@ -65,7 +65,7 @@ def build(page) -> None:
         entry = find(name)
         if entry is None or entry.request is None:
             return [*[gr.update() for _ in INPUT_ORDER], "pick a past run whose settings can be applied"]
-        values = control_values(entry.request)
+        values = control_values(entry.request, page.studio.engine.inputs)
         return [*[values[n] for n in INPUT_ORDER], ""]
 
     def reuse_seed(name):

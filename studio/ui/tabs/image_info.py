@@ -56,7 +56,7 @@ def build(page) -> None:
         here, the model picked now stays, as the report beside it says)."""
         if not path:
             return [*[gr.update() for _ in INPUT_ORDER], "drop an image first"]
-        values = opened_values(studio.open_image(Path(path), fallback_model=current_model))
+        values = opened_values(studio.open_image(Path(path), fallback_model=current_model), studio.engine.inputs)
         return [*[values[n] for n in INPUT_ORDER], ""]
 
     @handler(lambda e: (gr.update(), gr.update(), e))

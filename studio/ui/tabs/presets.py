@@ -28,13 +28,15 @@ def read_preset(name, upload):
     raise StudioError("pick a preset or upload a preset file")
 
 
-def opened_values(opened) -> dict:
-    """Control values for settings opened from a preset or an image."""
+def opened_values(opened, inputs=None) -> dict:
+    """Control values for settings opened from a preset or an image (its input image and mask from ``inputs``,
+    the inputs store, where it holds them)."""
     from studio.ui.page import control_values
 
     request = opened.request
-    values = control_values(request)
-    values.update(width=opened.plan.width, height=opened.plan.height)  # no size given: the model's own
+    values = control_values(request, inputs)
+    if request.image is None:
+        values.update(width=opened.plan.width, height=opened.plan.height)  # no size given: the model's own
     if request.expansion and isinstance(request.expanded_prompt, str):
         # Replayed verbatim: the stored expanded text goes into the prompt and expansion is not run again.
         # (A batch's list of texts stays in the hidden replay state: see page._replay_texts.)
@@ -45,8 +47,7 @@ def opened_values(opened) -> dict:
 def build(page) -> None:
     import gradio as gr
 
-    from studio.ui.page import INPUT_ORDER, request_values
-    from studio.settings import build_request
+    from studio.ui.page import INPUT_ORDER
     from studio.ui.views import handler
 
     studio = page.studio
@@ -64,7 +65,7 @@ def build(page) -> None:
     def open_preset(name, upload):
         """Load a shipped preset (by name) or an uploaded file, fill the controls, and report differences."""
         opened = studio.open_preset(*read_preset(name, upload))
-        values = opened_values(opened)
+        values = opened_values(opened, studio.engine.inputs)
         return [*[values[n] for n in INPUT_ORDER], "", public(report_markdown(opened.report, opened.notes))]
 
     @page.takes_controls(leading=("name",))
@@ -72,7 +73,7 @@ def build(page) -> None:
     def save_preset(name, values):
         """The current settings, planned here, as a preset file (with made_on) to download and share."""
         stem = preset_stem(name)
-        _, path = studio.save_preset(build_request(**request_values(values)),
+        _, path = studio.save_preset(page.settings(values)[0],
                                      studio.config.output_dir / "presets" / f"{stem}.json")
         return "", str(path)
 

@@ -52,8 +52,6 @@ def verify(studio, how: str, image_a, image_b, against: str, tolerance, request)
 def build(page) -> None:
     import gradio as gr
 
-    from studio.settings import build_request
-    from studio.ui.page import request_values
     from studio.ui.views import handler
 
     studio = page.studio
@@ -75,7 +73,7 @@ def build(page) -> None:
     @page.takes_controls(leading=("how", "image_a", "image_b", "against", "tolerance"))
     @handler(lambda e: (e, "", None))
     def verify_images(how, image_a, image_b, against, tolerance, values):
-        request = build_request(**request_values(values)) if how != "Two images" else None
+        request = page.settings(values)[0] if how != "Two images" else None
         text, picture = verify(studio, how, image_a, image_b, against, tolerance, request)
         return "", text, picture
 
