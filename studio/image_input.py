@@ -265,8 +265,7 @@ def _to_rgb(image: Image.Image, notes: list[str], label: str) -> Image.Image:
             notes.append("palette (indexed) colours made RGB")
         rgba = np.asarray(_as_rgba(image))
         alpha = rgba[:, :, 3]
-        if alpha.min() == 255:
-            notes.append("dropped its alpha channel (fully opaque)")
+        if alpha.min() == 255:  # nothing changes: no note (an image editor stores every picture as RGBA)
             out = np.ascontiguousarray(rgba[:, :, :3])
         else:
             notes.append("transparent areas composited onto white")

@@ -257,3 +257,32 @@ def test_hostile_numbers_over_http_are_clear_messages(server):
             kind, data = call_queued(server, api_name, controls(**overrides))
             assert kind == "complete", (overrides, api_name, kind, data)
             assert needle in data[1 if api_name == "generate" else 0], (overrides, api_name, data)
+
+
+def test_an_input_image_through_the_api(server, config, tmp_path):
+    """A script passes the input image as a file parameter; the result has the input's size and records it."""
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    from studio.image_input import pixel_sha256
+    from studio.service import read_image_settings
+    from tests.conftest import make_picture
+
+    picture = tmp_path / "in.png"
+    make_picture(72, 48).save(picture)
+    client = Client(server, verbose=False)
+    gallery, error, info, _ = client.predict(*controls(input_image=True, image_mode="upscale-1.5", steps=4, batch=1,
+                                                       uov_image=handle_file(str(picture))),
+                                             api_name="/generate")[:4]
+    assert error == "" and len(gallery) == 1
+    saved = sorted(config.output_dir.glob("*.png"), key=lambda p: p.stat().st_mtime)[-1]
+    with Image.open(saved) as image:
+        assert image.size == (112, 72)  # 72×48 × 1.5, in multiples of 8
+    record = read_image_settings(saved)["request"]["image"]
+    with Image.open(picture) as image:
+        assert record == {**record, "mode": "upscale-1.5", "sha256": pixel_sha256(image.convert("RGB"))}
+    assert (config.output_dir / "inputs" / f"{record['sha256']}.png").is_file()
+    _, error, _, _ = client.predict(*controls(input_image=True, image_mode="inpaint", batch=1,
+                                              inpaint_image=None), api_name="/generate")[:4]
+    assert "drop an image into Inpaint or Outpaint" in error

@@ -386,3 +386,87 @@ def test_history_lists_a_run_after_a_restart(driver, config, tmp_path):
         assert driver.save_screenshot(str(tmp_path / "history.png"))
     finally:
         app.close()
+
+
+# --- image input -------------------------------------------------------------------------------------------
+
+
+def _pixels(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def _generate_one(driver, config) -> Path:
+    """Press Generate and wait for the one new image it saves (the status may still say the last run's "done")."""
+    before = saved_pngs(config)
+    press_generate(driver)
+    wait(driver, GENERATE_WAIT_S).until(lambda d: saved_pngs(config) - before or "error" in text_of(d, "#error"),
+                                        message="no image was saved")
+    assert text_of(driver, "#error").strip() == ""
+    new = sorted(saved_pngs(config) - before)
+    assert len(new) == 1
+    return config.output_dir / new[0]
+
+
+def _drop_url(driver, css, url):
+    """Drop ``url`` on ``css`` as a browser does when a page's <img> is dragged there (a URL, no file)."""
+    driver.execute_script("""
+        const files = new DataTransfer();
+        files.setData('text/uri-list', arguments[1]);
+        document.querySelector(arguments[0]).dispatchEvent(
+            new DragEvent('drop', {dataTransfer: files, bubbles: true, cancelable: true}));""", css, url)
+
+
+def test_a_gallery_image_dragged_into_input_image_varies(page, config):
+    """Generate, drag the result from the gallery into Upscale or Variation, and Vary (Subtle) it."""
+    from studio.image_input import pixel_sha256, read_image
+    from studio.service import read_image_settings
+
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 4)
+    source = _generate_one(page, config)
+    find(page, "#input-switch input").click()
+    find(page, "#uov-image")
+    url = find(page, "#gallery img").get_attribute("src")
+    _drop_url(page, "#uov-image", url)
+    sha = pixel_sha256(read_image(source)[0])
+    wait_text(page, "#plan", f"vary-subtle of input {sha[:12]}")
+    wait_text(page, "#plan", "runs 2 of 4 steps")
+    varied = _generate_one(page, config)
+    record = read_image_settings(varied)["request"]["image"]
+    assert record["mode"] == "vary-subtle" and record["sha256"] == sha
+    a, b = _pixels(source), _pixels(varied)
+    assert a.shape == b.shape and 0 < abs(a - b).mean()  # the same size, and varied
+
+
+def test_painting_a_mask_inpaints_only_there(page, config, tmp_path):
+    """Inpaint: paint a stroke on the image with the editor's brush; only pixels near it change."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    from tests.conftest import make_picture
+
+    picture = tmp_path / "picture.png"
+    make_picture(64, 64).save(picture)
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 4)
+    find(page, "#input-switch input").click()
+    find(page, "#image-mode input[value='inpaint']").click()
+    editor = find(page, "#inpaint-image")
+    upload(page, "#inpaint-image", picture)
+    page.execute_script("arguments[0].scrollIntoView()", editor)
+    find(page, "#inpaint-image button[aria-label='Brush']").click()
+    canvas = [c for c in page.find_elements("css selector", "#inpaint-image canvas") if c.is_displayed()][0]
+    ActionChains(page).move_to_element(canvas).click_and_hold().move_by_offset(20, 0).release().perform()
+    wait_text(page, "#plan", "inpaint of input")
+    wait_text(page, "#plan", "mask ")
+    painted = _generate_one(page, config)
+    import numpy as np
+
+    changed = np.abs(_pixels(painted) - _pixels(picture)).max(axis=2) > 1
+    assert changed.any(), "nothing was repainted"
+    rows, cols = np.nonzero(changed)
+    # the stroke is short and horizontal through the middle: the top and bottom rows are the input's own
+    assert changed[:8].sum() == 0 and changed[-8:].sum() == 0, (rows.min(), rows.max(), cols.min(), cols.max())

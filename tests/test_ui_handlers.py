@@ -126,3 +126,50 @@ def test_an_image_whose_model_is_not_here_opens_on_the_current_model(tmp_path, c
     values = opened_values(opened)
     assert (values["prompt"], values["seed"], values["steps"], values["model"]) == ("a castle", 123, 12, "tiny")
     assert any("someone-elses-model" in n and "tiny" in n for n in opened.notes)
+
+
+def test_the_input_image_panel_makes_the_request_image_and_back(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from studio.image_input import InputStore
+    from studio.settings import build_request
+    from studio.ui.page import control_values
+    from studio.ui.tabs.input_image import request_image
+    from tests.conftest import make_picture
+
+    store = InputStore(tmp_path / "inputs")
+    picture = tmp_path / "in.png"
+    make_picture(64, 48).save(picture)
+    assert request_image(store, {"input_image": False}) == (None, [])
+    with pytest.raises(StudioError, match="drop an image into Upscale or Variation"):
+        request_image(store, {"input_image": True, "image_mode": "vary-strong"})
+    image, notes = request_image(store, {"input_image": True, "image_mode": "upscale-2", "uov_image": str(picture),
+                                         "strength": 0, "mask_blur": 0, "inpaint_area": "whole",
+                                         "masked_padding": 32})
+    assert image["mode"] == "upscale-2" and image["strength"] is None and store.has(image["sha256"]) and not notes
+    # Inpaint: the painted layers' alpha is the mask; nothing painted is a clear message.
+    layer = np.zeros((48, 64, 4), np.uint8)
+    editor = {"background": str(picture), "layers": [], "composite": None}
+    base = {"input_image": True, "image_mode": "inpaint", "inpaint_image": editor, "strength": 0.8, "mask_blur": 2,
+            "inpaint_area": "whole", "masked_padding": 32}
+    with pytest.raises(StudioError, match="paint the area"):
+        request_image(store, base)
+    layer[10:20, 30:40] = 255
+    Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
+    editor["layers"] = [str(tmp_path / "layer.png")]
+    image, _ = request_image(store, base)
+    mask = np.asarray(store.get(image["mask_sha256"]))
+    assert mask[10:20, 30:40].min() == 255 and mask.sum() == 255 * 100
+    with pytest.raises(StudioError, match="at least one direction"):
+        request_image(store, {**base, "image_mode": "outpaint"})
+    out, _ = request_image(store, {**base, "image_mode": "outpaint", "outpaint_sides": ["left", "top"],
+                                   "outpaint_pixels": 64})
+    assert out["outpaint"] == {"left": 64, "top": 64} and "mask_sha256" not in out
+    # Apply (history, image info, presets) puts the stored files back into the panel.
+    values = control_values(build_request(image=image), store)
+    assert values["input_image"] and values["image_mode"] == "inpaint" and values["strength"] == 0.8
+    assert values["inpaint_image"]["background"] == str(store.path(image["sha256"]))
+    assert values["mask_image"] == str(store.path(image["mask_sha256"]))
+    gone = control_values(build_request(image=image), InputStore(tmp_path / "elsewhere"))
+    assert gone["input_image"] and gone["inpaint_image"] is None  # planning then names the missing hash

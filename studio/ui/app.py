@@ -27,6 +27,8 @@ PREVIEW_EVERY = 2  # steps between live previews
 UPDATE_EVERY_S = 0.25  # the page is sent at most this often while a run streams
 
 # Ctrl+Enter (Cmd+Enter on a Mac) presses Generate from anywhere on the page, as in Fooocus and A1111.
+# A gallery image dragged onto the Input image panel arrives as its URL, not a file (browsers drag an <img>
+# that way): it is fetched from this server and handed to the panel's file input, as a dropped file would be.
 KEYS_JS = """
 () => {
   document.addEventListener('keydown', (e) => {
@@ -35,6 +37,21 @@ KEYS_JS = """
       if (button) { e.preventDefault(); button.click(); }
     }
   });
+  document.addEventListener('drop', async (e) => {
+    const target = e.target.closest && e.target.closest('#uov-image, #inpaint-image');
+    const dt = e.dataTransfer;
+    if (!target || !dt || (dt.files && dt.files.length)) return;
+    const url = (dt.getData('text/uri-list') || dt.getData('text/plain') || '').split('\\n')[0].trim();
+    if (!url || new URL(url, location.href).origin !== location.origin) return;
+    e.preventDefault(); e.stopPropagation();
+    const blob = await (await fetch(url)).blob();
+    const input = target.querySelector('input[type=file]');
+    if (!input) return;
+    const files = new DataTransfer();
+    files.items.add(new File([blob], 'gallery.png', {type: blob.type || 'image/png'}));
+    input.files = files.files;
+    input.dispatchEvent(new Event('change', {bubbles: true}));
+  }, true);
 }
 """
 CSS = """
@@ -299,13 +316,10 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
             with gr.Column(scale=2, elem_id="main-column"):
                 with gr.Row():
                     gallery = gr.Gallery(label="Images", elem_id="gallery", columns=2, height=330, scale=3,
-                                         type="filepath")
+                                         type="filepath", interactive=False)
                     live_image = gr.Image(label="Live preview", elem_id="live-preview", type="pil",
                                           interactive=False, height=330, scale=1)
-                with gr.Row():
-                    status = gr.Markdown("", elem_id="status")
-                    send = gr.Button("Send to Input image", size="sm", scale=0, min_width=160,
-                                     elem_id="send-to-input")
+                status = gr.Markdown("", elem_id="status")
                 with gr.Row(equal_height=True):
                     c["prompt"] = gr.Textbox(init["prompt"], label="Prompt", show_label=False, lines=2, scale=6,
                                              elem_id="prompt",
@@ -323,6 +337,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                     live_switch = gr.Checkbox(True, label="Live preview", elem_id="live-switch", container=False)
                     c["input_image"] = gr.Checkbox(init["input_image"], label="Input image", elem_id="input-switch",
                                                    container=False)
+                    send = gr.Button("Send to Input image", size="sm", min_width=150, elem_id="send-to-input")
                 input_image.build(page)
                 error = gr.HTML("", elem_id="error")
                 page.parts["error"] = error
