@@ -157,6 +157,11 @@ def test_infotext_alone_round_trips_the_input_image(runs, tmp_path, name):
     code, stdout, err = cli("plan", "--preset", preset, "--out", out, "--json")
     assert code == 0, err
     assert json.loads(stdout)["image"] == job["image"]
+    # and from studio's own record: the request's input as it was asked
+    code, stdout, err = cli("preset", "import", job["images"][0]["path"], "--from", "image", "--out",
+                            tmp_path / "own.json", "--json")
+    assert code == 0, err
+    assert ImageInput(**json.loads(stdout)["preset"]["request"]["image"]).model_dump() == asked
 
 
 def test_a1111_img2img_text_shows_the_denoise_and_says_the_input_is_unknown(tmp_path):
