@@ -36,7 +36,16 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
             continue  # set another way: repeatable, a switch, or COMPONENT=DTYPE
         kind = {"number": int, "slider": float if control.step != 1 else int}.get(control.kind, str)
         choices = control.choices if control.choices and control.name not in ("sampler", "chunk_policy") else None
-        p.add_argument(control.flag, type=kind, choices=choices, help=control.help or None)
+        p.add_argument(control.flag, dest=control.name, type=kind, choices=choices, help=control.help or None)
+    p.add_argument("--image", type=Path, metavar="IN.png",
+                   help="an input image to vary, upscale, inpaint or outpaint (--mode; PNG, JPEG, WebP, BMP, GIF, "
+                        "TIFF or AVIF); stored by its pixels' hash in the output folder's inputs/")
+    p.add_argument("--mask", type=Path, metavar="M.png",
+                   help="--mode inpaint: the mask, white = repaint (an alpha channel counts as the mask; another "
+                        "size is resized to the image's)")
+    p.add_argument("--outpaint", metavar="SIDE=PIXELS,...",
+                   help="--mode outpaint: pixels to add per side, e.g. left=128,right=64 (multiples of 8, at most "
+                        "1024)")
     p.add_argument("--model", help="tiny, tiny-sdxl, sd15-random, a name in the models folder, or a path")
     p.add_argument("--lru", type=int, help="compiled variants a compiling backend keeps in memory (default 3); "
                                             "a setting of this process, not of the image")
@@ -79,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     preset = sub.add_parser("preset", help="save, compare and import presets")
     preset_sub = preset.add_subparsers(dest="preset_command", required=True, parser_class=ArgumentParser)
     save = preset_sub.add_parser("save", help="save the generate flags (planned here) as a preset")
-    save.add_argument("out", type=Path, metavar="OUT.json")
+    # Its own dest: the generate flags' --out (the output folder, where input images are stored) is another thing.
+    save.add_argument("preset_path", type=Path, metavar="OUT.json")
     _add_generate_flags(save)
     imp = preset_sub.add_parser("import", help="a Fooocus preset, A1111 infotext or an image → a studio preset")
     imp.add_argument("source", type=Path, metavar="FILE")
@@ -92,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("preset_file", metavar="P", help="preset name or file")
     diff.add_argument("--models-dir", type=Path)
     diff.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
+    diff.add_argument("--out", type=Path, help="output folder (its inputs/ holds the input images found here)")
     diff.add_argument("--json", action="store_true")
     info = sub.add_parser("info", help="the settings recovered from an image (studio's own, A1111 infotext, or Fooocus JSON)")
     info.add_argument("image", type=Path)
@@ -164,10 +175,120 @@ def _name_operator_paths(args, registry) -> None:
         args.expansion_model = registry.name_from_flag(args.expansion_model, "expansion")
 
 
-def requests_from_args(args, registry=None):
+# The input image's flags made from the control schema: argparse attribute → (ImageInput field, flag).
+_IMAGE_FLAGS = {"image_mode": ("mode", "--mode"), "strength": ("strength", "--strength"),
+                "mask_blur": ("mask_blur", "--mask-blur"), "inpaint_area": ("inpaint_area", "--inpaint-area"),
+                "masked_padding": ("masked_padding", "--masked-padding")}
+_PLACEHOLDER_SHA = "0" * 64  # stands for an input not read yet, while the flags are checked
+
+
+def _image_flag_values(args, preset_image: dict | None) -> dict | None:
+    """The input image's settings from the flags over the preset's, checked before any file is read: the
+    request's ImageInput values (an input given by file has a placeholder hash until it is read), or None."""
+    from pydantic import ValidationError
+
+    from studio.settings import ImageInput, parse_outpaint
+
+    given = {field: getattr(args, attr) for attr, (field, _) in _IMAGE_FLAGS.items()
+             if getattr(args, attr) is not None}
+    if args.outpaint is not None:
+        try:
+            given["outpaint"] = parse_outpaint(args.outpaint)
+        except ValueError as exc:
+            raise StudioError(f"--outpaint {args.outpaint!r}: {exc}") from None
+    if args.image is None and preset_image is None:
+        flags = [flag for attr, (_, flag) in _IMAGE_FLAGS.items() if getattr(args, attr) is not None]
+        flags += [f for f, v in (("--mask", args.mask), ("--outpaint", args.outpaint)) if v is not None]
+        if flags:
+            raise StudioError(f"{flags[0]} needs an input image: give it with --image FILE")
+        return None
+    strength = given.get("strength")
+    if strength is not None and not 0 < strength <= 1:  # also NaN
+        raise StudioError(f"--strength {strength:g}: the denoise must be more than 0 and at most 1")
+    values = dict(preset_image or {"mode": "vary-subtle"})
+    mode = given.get("mode", values["mode"])
+    if preset_image is not None and mode != preset_image["mode"]:
+        # Another mode than the preset's: its mask or outpaint sides belong to its own mode.
+        if mode != "inpaint":
+            values.pop("mask_sha256", None)
+        if mode != "outpaint":
+            values.pop("outpaint", None)
+    values.update(given)
+    if args.image is not None:
+        values["sha256"] = _PLACEHOLDER_SHA
+    if args.mask is not None:
+        values["mask_sha256"] = _PLACEHOLDER_SHA
+    try:
+        ImageInput(**values)
+    except ValidationError as exc:
+        raise StudioError(_image_error(exc)) from None
+    return values
+
+
+def _image_error(exc) -> str:
+    """A refused ImageInput in one line, naming the flag."""
+    flags = {field: flag for field, flag in _IMAGE_FLAGS.values()} | {"outpaint": "--outpaint"}
+    parts = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = [str(p) for p in err["loc"]]
+        parts.append(f"{flags[loc[0]]}: {msg}" if loc and loc[0] in flags else msg)
+    return "; ".join(dict.fromkeys(parts))
+
+
+def _input_folders(args) -> list[Path]:
+    """Where a preset's input image is looked for by hash when it is not in the inputs store: the preset's own
+    folder, then the current folder."""
+    folders = []
+    if getattr(args, "preset", None):
+        from studio import presets
+
+        folders.append(presets.find(args.preset).resolve().parent)
+    folders.append(Path.cwd())
+    return list(dict.fromkeys(folders))
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _read_inputs(args, values: dict, preset_image: dict | None, studio) -> dict:
+    """The input image and mask the flags give, read and put in the inputs store (their notes said), or the
+    preset's, found here (by hash in the preset's folder if need be): ``values`` with the real hashes."""
+    from studio.service import missing_input_line
+    from studio.settings import ImageInput
+
+    values = dict(values)
+    if args.image is not None:
+        values["sha256"], notes = studio.put_input(args.image)
+        for note in notes:
+            _note(f"{args.image.name}: {note}")
+        if preset_image is not None and preset_image["sha256"] != values["sha256"]:
+            _note(f"the preset's input was {preset_image['sha256'][:12]}; this run uses {values['sha256'][:12]}")
+    if args.mask is not None:
+        values["mask_sha256"], notes = studio.put_mask(args.mask, values["sha256"])
+        for note in notes:
+            _note(f"{args.mask.name}: {note}")
+    notes, missing = studio.locate_inputs(ImageInput(**values), _input_folders(args), "the preset's")
+    for note in notes:
+        _note(note)
+    if missing:
+        raise StudioError(missing_input_line(*missing[0], "the preset's"))
+    return values
+
+
+def requests_from_args(args, studio=None):
+    """The requests the flags ask for (one per prompt). ``studio`` (the service) opens --preset, names the
+    --model, reads an input image or mask given by file into its inputs store and finds a preset's there;
+    without it only the flags themselves are checked, and an input image cannot be given."""
     from studio.settings import build_request
 
+    registry = studio.registry if studio is not None else None
     base = _preset_base(args, registry) if registry is not None else {}
+    image = _image_flag_values(args, base.get("image"))
+    if image is not None and studio is None:
+        raise StudioError("an input image is read through the service: call requests_from_args with studio")
+    image = _read_inputs(args, image, base.get("image"), studio) if image is not None else None
     if registry is not None:
         _name_operator_paths(args, registry)
     values: dict = {}
@@ -189,7 +310,7 @@ def requests_from_args(args, registry=None):
         values["backend"] = {**base.get("backend", {}), **backend}
     if args.dtype:
         values["precision"] = {**base.get("precision", {}), **_precision(args.dtype)}
-    merged = {**base, **values}
+    merged = {**base, **values, "image": image}
     given = _prompts(args)
     if given == [""] and "prompt" in base:
         given = [base["prompt"]]  # no prompt flag: the preset's prompt
@@ -228,14 +349,28 @@ def _note_untrained(plan) -> None:
         print(f"note: {plan.model.name} is a {UNTRAINED_NOTE}", file=sys.stderr)
 
 
+def image_plan_lines(plan) -> list[str]:
+    """What an image-input plan does with its input, for a terminal (none for text to image)."""
+    return [] if plan.image is None else ["input image: " + plan.image.summary(plan.request.steps)]
+
+
+def _note_image_plan(plan) -> None:
+    for note in plan.image.notes if plan.image is not None else []:
+        _note(note)
+
+
 def cmd_generate(args) -> dict:
     from studio.service import Studio
 
     studio = Studio(_config(args))
-    requests = requests_from_args(args, studio.registry)  # every job is validated before the first one runs
+    requests = requests_from_args(args, studio=studio)  # every job is validated before the first one runs
     jobs, totals = [], {"total_s": 0.0, "compile_s": 0.0, "steps": 0, "run_s": 0.0}
     plans = studio.plan_jobs(requests)  # a bad prompt on line 40 fails before anything is written
     _note_untrained(plans[0])
+    _note_image_plan(plans[0])
+    if not args.json:
+        for line in image_plan_lines(plans[0]):
+            print(line, file=sys.stderr)
     studio.check_output_folder()  # before minutes of work, not after
     for plan in plans:
         job = studio.run_job(plan, args.format)
@@ -249,6 +384,7 @@ def cmd_generate(args) -> dict:
             "compile_events": result.compile_events,
             "risks": [r.model_dump() for r in plan.risks],
             "notes": result.notes,
+            "image": None if plan.image is None else plan.image.model_dump(mode="json"),  # the input image's plan
         })
         t = result.timings
         totals["total_s"] += t["total_s"]
@@ -269,14 +405,18 @@ def cmd_generate(args) -> dict:
 
 
 def cmd_plan(args) -> dict:
-    from studio.engine.engine import Engine
+    from studio.service import Studio
 
-    engine = Engine(_config(args))
-    requests = requests_from_args(args, engine.registry)
+    studio = Studio(_config(args))
+    requests = requests_from_args(args, studio=studio)
     if len(requests) > 1:
         raise StudioError("plan takes one prompt; give --prompt once")
-    plan = engine.plan(requests[0])
+    plan = studio.plan(requests[0])
     _note_untrained(plan)
+    _note_image_plan(plan)
+    if not args.json:  # stdout stays the plan's JSON (scripts read it); the summary is for the reader
+        for line in image_plan_lines(plan):
+            print(line, file=sys.stderr)
     return plan.to_json_dict()
 
 
@@ -322,7 +462,9 @@ def cmd_history(args) -> dict:
             r = e.record
             # Recorded text is untrusted: one line, control characters escaped, for the terminal.
             print(one_line(f"{r.time}  {e.path}  seed {r.seed}  noise {r.noise_fingerprint}  {r.model.name}  "
-                           f"{r.sampler} {r.steps} steps cfg {r.cfg} {r.width}x{r.height}  {r.prompt[:80]!r}"
+                           f"{r.sampler} {r.steps} steps cfg {r.cfg} {r.width}x{r.height}  "
+                           + (f"{r.image_mode} denoise {r.denoise:g}  " if r.image_mode and r.denoise else "")
+                           + f"{r.prompt[:80]!r}"
                            + ("" if e.request is not None else f"  (no Apply: {e.request_error})")))
     return {"output_dir": str(out), "logs": str(Path(out) / history.LOG_FOLDER), "limit": args.limit,
             "offset": args.offset, "entries": [e.to_json() for e in found]}
@@ -336,19 +478,28 @@ def cmd_preset(args) -> dict:
         return _import_preset(args)  # no engine: nothing is planned (and --out is the preset file)
     studio = Studio(_config(args))
     if args.preset_command == "save":
-        requests = requests_from_args(args, studio.registry)
+        requests = requests_from_args(args, studio=studio)
         if len(requests) > 1:
             raise StudioError("a preset holds one prompt; give --prompt once")
-        preset, path = studio.save_preset(requests[0], args.out)
+        preset, path = studio.save_preset(requests[0], args.preset_path)
+        image = preset.request.image
+        if image is not None:
+            masked = f" and its mask {image.mask_sha256[:12]}" if image.mask_sha256 else ""
+            _note(f"the preset names its input image {image.sha256[:12]}{masked} by the pixels' hash: share the "
+                  "image with the preset (studio finds it by hash in the preset's folder)")
         if not args.json:
             print(path)
         return {"path": str(path), "preset": preset.to_json_dict()}
-    opened = studio.open_preset(*presets.load(args.preset_file))
+    found = presets.find(args.preset_file)
+    opened = studio.open_preset(*presets.load(args.preset_file),
+                                folders=list(dict.fromkeys([found.resolve().parent, Path.cwd()])))
     report = {**opened.report, "notes": opened.notes}
     if not args.json:
         print(f"expected: {report['expected']}")
         for d in report["differences"]:
             print(f"- {d['field']}: {d['preset']} → {d['here']} [{d['effect']}] {d['fix']}")
+        for note in opened.notes:
+            _note(note)
     return report
 
 
@@ -413,6 +564,11 @@ def _import_preset(args) -> dict:
         else:
             raise StudioError(f"no generation settings found in {args.source}")
     build_request(**{**values, "model": "tiny"})  # the values are valid before anything is written
+    image = values.get("image")
+    if isinstance(image, dict) and image.get("sha256"):
+        masked = f" and its mask {image['mask_sha256'][:12]}" if image.get("mask_sha256") else ""
+        report["notes"].append(f"the preset needs its input image {image['sha256'][:12]}{masked} (named by the "
+                               "pixels' hash): keep the image beside the preset, or give it with --image FILE")
     try:
         preset = Preset(name=args.out.stem, description=f"imported from {args.source.name} ({args.kind})",
                         model={"file": model, "sha256": sha}, request={**values}, plan=plan)
@@ -436,6 +592,8 @@ def cmd_info(args) -> dict:
         out.pop(key, None)
     if not args.json:
         print(json.dumps(out.get("request"), indent=2, ensure_ascii=False))
+        if out.get("image_input"):
+            print("input image: " + json.dumps(out["image_input"], ensure_ascii=False))
         for style in out.get("styles") or []:
             if isinstance(style, dict):
                 print(f"style {style.get('name')}: {style.get('prompt')!r} / negative {style.get('negative_prompt')!r}")
@@ -475,7 +633,7 @@ def cmd_verify(args) -> dict:
         from studio.service import Studio
 
         studio = Studio(_config(args))
-        requests = requests_from_args(args, studio.registry)
+        requests = requests_from_args(args, studio=studio)
         if len(requests) > 1:
             raise StudioError("verify takes one prompt; give --prompt once")
         # The second run takes the first plan's seed, so both draw the same noise.

@@ -3,6 +3,11 @@ CLI flag and help. Choices, ranges and defaults are read from GenerationRequest 
 controls, the CLI's flags and the request model cannot drift apart.
 
 The control name is also the app's HTTP API parameter name.
+
+CONTROLS are the page's inputs (CONTROL_ORDER): the app builds a component for each, and every one sets a
+field of a plain text-to-image request. IMAGE_CONTROLS set fields of the request's input image
+(``request.image``: they apply only when an image is given); they are in BY_NAME, and the CLI makes flags
+of them as of the others. They join the page's inputs when the app builds their components.
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ class Control:
 
     @property
     def field(self):
-        model = {"backend": BackendSpec, "precision": Precision, "image": ImageInput}.get(self.path[0], GenerationRequest) \
-            if len(self.path) > 1 else GenerationRequest
+        model = {"backend": BackendSpec, "precision": Precision, "image": ImageInput}.get(
+            self.path[0], GenerationRequest) if len(self.path) > 1 else GenerationRequest
         return model.model_fields[self.path[-1]]
 
     @property
@@ -53,7 +58,7 @@ class Control:
     def bounds(self) -> tuple[Optional[float], Optional[float]]:
         low = high = None
         for rule in self.field.metadata:
-            low = getattr(rule, "ge", getattr(rule, "gt", low))
+            low = getattr(rule, "ge", getattr(rule, "gt", low))  # gt: the bound itself is refused (denoise > 0)
             high = getattr(rule, "le", high)
         return low, high
 
@@ -92,19 +97,20 @@ CONTROLS: tuple[Control, ...] = (
     Control("clip_skip", ("clip_skip",), "CLIP skip", "slider", None, "A1111's Clip skip: 1 = the last layer"),
     Control("styles", ("styles",), "Styles", "multi", "--style",
             "prompt templates applied in order before the prompt is counted and chunked"),
-    # Image input: the image and mask themselves are files (the CLI's --image/--mask, the app's panel), named
-    # in the request by their pixel hash; these are the settings around them.
-    Control("image_mode", ("image", "mode"), "Input image mode", "choice", None,
-            "vary and upscale run image-to-image; inpaint repaints the mask's white; outpaint extends the image"),
-    Control("strength", ("image", "strength"), "Denoise", "slider", None,
-            "how much of the schedule runs on the input: 0 takes the mode's default (vary 0.5/0.85, upscale 0.382, "
-            "inpaint 1)", step=0.01),
-    Control("mask_blur", ("image", "mask_blur"), "Mask blur", "slider", None,
-            "pixels of feathering where the repainted area meets the kept image"),
-    Control("inpaint_area", ("image", "inpaint_area"), "Inpaint area", "choice", None,
-            "masked: only the masked area and its padding run, at the model's full resolution"),
-    Control("masked_padding", ("image", "masked_padding"), "Masked area padding", "slider", None,
-            "pixels of context around the masked area (inpaint area: masked)"),
+    # The input image's settings (request.image); the image and mask themselves are files (--image, --mask; the
+    # app's Input image panel), and outpaint's four sides one --outpaint flag (the panel's directions and pixels).
+    Control("image_mode", ("image", "mode"), "Input image mode", "choice", "--mode",
+            "what to do with --image (default vary-subtle): vary it, upscale it, inpaint the --mask's white "
+            "area, or outpaint (--outpaint)"),
+    Control("strength", ("image", "strength"), "Denoise", "slider", "--strength",
+            "the share of the steps that run on the input, more than 0 and at most 1 (default, and 0 in the app: "
+            "the mode's own, vary 0.5/0.85, upscale 0.382, inpaint and outpaint 1)", step=0.01),
+    Control("mask_blur", ("image", "mask_blur"), "Mask blur", "slider", "--mask-blur",
+            "inpaint: blur the mask's edge by this many pixels"),
+    Control("inpaint_area", ("image", "inpaint_area"), "Inpaint area", "choice", "--inpaint-area",
+            "inpaint: the whole image, or only the masked area (and padding) at full resolution"),
+    Control("masked_padding", ("image", "masked_padding"), "Masked area padding", "slider", "--masked-padding",
+            "inpaint --inpaint-area masked: pixels kept around the masked area"),
 )
 BY_NAME = {c.name: c for c in CONTROLS}
 CONTROL_ORDER = tuple(c.name for c in CONTROLS)

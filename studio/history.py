@@ -92,6 +92,10 @@ class Record(_Line):
     backend: BackendRef
     notes: list[str] = []
     request: dict = Field(description="this image's own request (its seed, batch 1): what Apply fills in")
+    # An input image's run (None for text to image, and in entries written before image input).
+    image_mode: Optional[str] = None
+    denoise: Optional[float] = None
+    input_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("image")
     @classmethod
@@ -147,6 +151,8 @@ def make_record(plan, index: int, fingerprint: str, image: Path, notes: list[str
     """The record of image ``index`` of ``plan``'s run, saved as ``image`` at ``timestamp``."""
     alone = plan.for_image(index)  # its own seed, batch 1, its own expanded text: reproduces it alone
     local = datetime.fromtimestamp(timestamp).astimezone()
+    given = plan.image  # the input image's plan (``image`` is the saved file)
+    width, height = plan.output_size  # the saved image's size (an input image's run may run a crop)
     return Record(
         v=SCHEMA_VERSION, time=local.isoformat(timespec="seconds"), timestamp=round(timestamp, 6),
         day=local.strftime("%Y-%m-%d"), image=image.name, index=index, batch=len(plan.seeds),
@@ -154,10 +160,12 @@ def make_record(plan, index: int, fingerprint: str, image: Path, notes: list[str
         prompt_final=plan.prompt.final_for(index), negative=plan.prompt.negative,
         model=ModelRef(name=plan.model.name, sha256=plan.model.sha256, short_hash=plan.model.short_hash),
         sampler=plan.sampler, scheduler=plan.scheduler, steps=plan.request.steps, cfg=float(plan.request.cfg),
-        width=plan.width, height=plan.height,
+        width=width, height=height,
         backend=BackendRef(name=plan.backend.name, device=plan.backend.device, mode=plan.backend.mode,
                            precision=dict(plan.backend.precision), text_encoder=plan.backend.text_encoder),
-        notes=list(notes), request=alone.request.model_dump(mode="json"))
+        notes=list(notes), request=alone.request.model_dump(mode="json"),
+        image_mode=given.mode if given else None, denoise=float(given.strength) if given else None,
+        input_sha256=given.input_sha256 if given else None)
 
 
 def record_saved(output_dir: Path, plan, index: int, fingerprint: str, image: Path, notes: list[str],

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import shlex
 from html import escape
+from pathlib import Path
 from urllib.parse import quote
 
 from studio import __version__
+from studio.image_input import INPUTS_FOLDER
 
 # Request fields that decide nothing the command line must repeat (lru: how many compiled variants are
 # kept) or that the command line cannot give (no flag): the latter are named beside the command.
@@ -31,9 +33,12 @@ def command_line(entry) -> tuple[str, list[str]]:
     args = ["studio", "generate", f"--prompt={r.prompt}"]
     if r.negative_prompt:
         args.append(f"--negative={r.negative_prompt}")
-    args += ["--seed", str(r.seed), "--steps", str(r.steps), "--cfg", repr(float(r.cfg)), "--sampler", r.sampler,
-             "--width", str(r.width or rec.width), "--height", str(r.height or rec.height), "--model", r.model,
-             "--backend", r.backend.name, "--device", r.backend.device]
+    args += ["--seed", str(r.seed), "--steps", str(r.steps), "--cfg", repr(float(r.cfg)), "--sampler", r.sampler]
+    if r.image is None:
+        args += ["--width", str(r.width or rec.width), "--height", str(r.height or rec.height)]
+    else:  # the input decides the size
+        args += _image_args(r.image, Path(entry.path).parent / INPUTS_FOLDER)
+    args += ["--model", r.model, "--backend", r.backend.name, "--device", r.backend.device]
     if r.backend.name == "openvino":
         args += ["--ov-mode", r.backend.ov_mode, "--text-encoder", r.backend.text_encoder]
     args += ["--noise-source", r.noise_source]
@@ -61,6 +66,22 @@ def command_line(entry) -> tuple[str, list[str]]:
     if isinstance(r.expanded_prompt, list):
         missing.append("expanded_prompt is a list (no flag: use the request JSON as a preset)")
     return " ".join(shlex.quote(a) for a in args), missing
+
+
+def _image_args(image, inputs: Path) -> list[str]:
+    """The flags of an input image: the stored input (and mask) in the output folder's inputs store."""
+    args = ["--image", str(inputs / f"{image.sha256}.png"), "--mode", image.mode]
+    if image.strength is not None:
+        args += ["--strength", repr(float(image.strength))]
+    if image.mask_sha256:
+        args += ["--mask", str(inputs / f"{image.mask_sha256}.png")]
+    if image.mode in ("inpaint", "outpaint"):
+        args += ["--mask-blur", str(image.mask_blur)]
+    if image.mode == "inpaint" and image.inpaint_area == "masked":
+        args += ["--inpaint-area", "masked", "--masked-padding", str(image.masked_padding)]
+    if image.mode == "outpaint":
+        args += ["--outpaint", image.outpaint.spec()]
+    return args
 
 
 _STYLE = """
@@ -108,6 +129,9 @@ def _article(n: int, entry) -> str:
              _row("Sampler", f"{rec.sampler} ({rec.scheduler})"), _row("Steps", rec.steps), _row("CFG", rec.cfg),
              _row("Size", f"{rec.width}x{rec.height}"), _row("Backend", f"{backend}; {precision}"),
              _row("Batch", f"image {rec.index + 1} of {rec.batch}")]
+    if rec.image_mode is not None:
+        denoise = "?" if rec.denoise is None else f"{rec.denoise:g}"
+        rows.append(_row("Input image", f"{rec.image_mode}, denoise {denoise}, input {(rec.input_sha256 or '?')[:12]}"))
     rows += [_row("Note", note) for note in rec.notes]
     if entry.request is not None:
         command, missing = command_line(entry)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from studio.errors import StudioError
 from studio.settings import AppConfig, GenerationRequest
@@ -88,8 +88,12 @@ class Studio:
         return self.engine.next_request(request, plan).seed
 
     # -- presets --------------------------------------------------------------------------------
-    def open_preset(self, preset, notes: list[str]) -> OpenedSettings:
-        """``preset`` as it will run here: its model found (by name, else by hash) and the report of what differs."""
+    def open_preset(self, preset, notes: list[str], folders: Sequence[Path] = ()) -> OpenedSettings:
+        """``preset`` as it will run here: its model found (by name, else by hash) and the report of what differs.
+
+        An input image or mask the preset names that is not in the inputs store is looked for by hash in
+        ``folders`` (the preset's own folder, say) and stored; one still missing is a difference of the
+        report (and a line in ``report["missing_inputs"]``), and the plan is made without the input image."""
         from studio import presets
         from studio.repro import diff, environment
 
@@ -99,9 +103,12 @@ class Studio:
         # A style missing here is one of the report's differences, not a refusal to compare.
         known, _ = split_known(preset.request.styles, self.engine.styles)
         request = preset.request.model_copy(update={"model": model, "styles": known})
-        plan = self.engine.plan(request)
+        stored, missing = self.locate_inputs(request.image, folders, "the preset's")
+        plan = self.engine.plan(request if not missing else request.model_copy(update={"image": None}))
         report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
-        return OpenedSettings(request=request, plan=plan, report=report, notes=list(notes) + found)
+        return OpenedSettings(request=request, plan=plan,
+                              report=_with_missing_inputs(report, request.image, missing, "the preset's"),
+                              notes=list(notes) + found + stored)
 
     def make_preset(self, request: GenerationRequest, name: str):
         """The settings, planned here, as a Preset (with the plan and made_on) ready to save or share."""
@@ -119,12 +126,76 @@ class Studio:
         preset = self.make_preset(request, Path(path).stem)
         return preset, presets.save(preset, Path(path))
 
+    # -- input images ---------------------------------------------------------------------------
+    @property
+    def inputs(self):
+        """The inputs store (the output folder's inputs/): input images and masks by pixel hash."""
+        return self.engine.inputs
+
+    def put_input(self, source, what: str = "input image") -> tuple[str, list[str]]:
+        """Read an input image (a file, bytes, a PIL image or an array; image_input.read_image) and store it:
+        its pixel sha256 and a note for every conversion made. A file that is refused writes nothing."""
+        from studio.image_input import read_image
+
+        image, notes = read_image(source, what)
+        return self.engine.inputs.put(image), notes
+
+    def put_mask(self, source, image_sha: str, what: str = "mask") -> tuple[str, list[str]]:
+        """Read a mask at the size of the stored input ``image_sha`` (a mask of another size is resized, and a
+        note says so) and store it: its sha256 and the notes."""
+        from studio.image_input import read_mask
+
+        size = self.engine.inputs.get(image_sha).size
+        mask, notes = read_mask(source, size, what)
+        return self.engine.inputs.put(mask), notes
+
+    def locate_inputs(self, image, folders: Sequence[Path] = (), whose: str = "the request's") \
+            -> tuple[list[str], list[str]]:
+        """Make sure the input image and mask ``image`` (an ImageInput, or None) names are in the inputs store.
+
+        One that is not is looked for by hash in ``folders`` (not their subfolders) under any name or format,
+        and stored (a note says where it was found). Returns (notes, missing): ``missing`` holds (what, sha256)
+        for each input still not here ("input image" or "mask"; ``missing_input_line`` says it in one line)."""
+        notes: list[str] = []
+        missing: list[tuple[str, str]] = []
+        if image is None:
+            return notes, missing
+        store = self.engine.inputs
+        for sha, what in ((image.sha256, "input image"), (image.mask_sha256, "mask")):
+            if sha is None or store.has(sha):
+                continue
+            path = store.find(sha, [Path(f) for f in folders]) if folders else None
+            if path is not None and self._store_found(path, sha):
+                notes.append(f"{whose} {what} {sha[:12]} was not in the inputs store: found it as {path} "
+                             "(same pixels) and stored it")
+            else:
+                missing.append((what, sha))
+        return notes, missing
+
+    def _store_found(self, path: Path, sha: str) -> bool:
+        """Store the picture in ``path`` under ``sha``, read as an input image or as a mask, whichever has it."""
+        from studio.image_input import pixel_sha256, read_image, read_mask
+
+        try:
+            image, _ = read_image(path)
+            if pixel_sha256(image) != sha:
+                image, _ = read_mask(path, image.size)
+        except StudioError:
+            return False
+        if pixel_sha256(image) != sha:
+            return False
+        return self.engine.inputs.put(image) == sha
+
     # -- images ---------------------------------------------------------------------------------
-    def open_image(self, path: Path, fallback_model: Optional[str] = None) -> OpenedSettings:
+    def open_image(self, path: Path, fallback_model: Optional[str] = None,
+                   folders: Optional[Sequence[Path]] = None) -> OpenedSettings:
         """An image's settings as a request to run here (model found by name, else by its hash), with notes.
 
         With ``fallback_model``, an image whose model is not here opens on that one (said in the notes)
-        instead of being refused: the app fills its controls and the user picks the model."""
+        instead of being refused: the app fills its controls and the user picks the model. An input image or
+        mask its record names that is not in the inputs store is looked for by hash in ``folders`` (default:
+        the image's own folder), else it is a line of ``report["missing_inputs"]`` and the plan is made
+        without it, as open_preset does."""
         from studio import presets
         from studio.settings import Preset, build_request, drop_retired_keys
 
@@ -148,7 +219,9 @@ class Studio:
             located, found = fallback_model, [f"{exc.message}; the settings are shown with {fallback_model}"]
         known, _ = split_known(preset.request.styles, self.engine.styles)  # the missing ones are in the notes
         request = preset.request.model_copy(update={"model": located, "styles": known})
-        plan = self.engine.plan(request)
+        stored, missing = self.locate_inputs(request.image, [Path(path).parent] if folders is None else folders,
+                                             "the image's")
+        plan = self.engine.plan(request if not missing else request.model_copy(update={"image": None}))
         if info["source"] == "studio":
             from studio.repro import diff, environment
 
@@ -157,7 +230,9 @@ class Studio:
             report = {"expected": "different", "differences": []}
             notes.append(f"read from {info['source']} metadata: studio can match its settings, not its pixels "
                          "(another program's sampler and noise code)")
-        return OpenedSettings(request=request, plan=plan, report=report, notes=notes + found)
+        return OpenedSettings(request=request, plan=plan,
+                              report=_with_missing_inputs(report, request.image, missing, "the image's"),
+                              notes=notes + found + stored)
 
     # -- verify ---------------------------------------------------------------------------------
     def verify_runs(self, request: GenerationRequest, against: Optional[str], tolerance: float):
@@ -172,6 +247,29 @@ class Studio:
         compared = (f"two runs of {describe_backend(first)}" if against is None
                     else f"{describe_backend(first)} vs {describe_backend(second)}")
         return compare_arrays(a, b, tolerance), a, b, compared, first
+
+
+def missing_input_line(what: str, sha: str, whose: str = "the request's") -> str:
+    """The one line said when an input image or mask is not in this machine's inputs store: its hash and the fix."""
+    flag = "--mask" if what == "mask" else "--image"
+    return f"{whose} {what} {sha[:12]} is not in this machine's inputs store: give it with {flag} FILE"
+
+
+def _with_missing_inputs(report: dict, image, missing: list[tuple[str, str]], whose: str) -> dict:
+    """``report`` with a difference for each input that is not here (the image will differ without it), and,
+    when the settings have an input ``image``, ``missing_inputs``: the one line said for each (a text-to-image
+    report keeps its shape)."""
+    if image is None:
+        return report
+    lines = [missing_input_line(what, sha, whose) for what, sha in missing]
+    report = {**report, "missing_inputs": lines}
+    if missing:
+        report["differences"] = list(report.get("differences", [])) + [
+            {"field": "image.mask_sha256" if what == "mask" else "image.sha256", "preset": sha[:12],
+             "here": "not in this machine's inputs store", "effect": "different",
+             "fix": f"give it with {'--mask' if what == 'mask' else '--image'} FILE"} for what, sha in missing]
+        report["expected"] = "different"
+    return report
 
 
 def describe_backend(plan) -> str:
@@ -242,12 +340,32 @@ def _style_records(names, library) -> list[dict]:
     return [library.get(n).record() for n in names or [] if library.get(n) is not None]
 
 
+def _record_image_input(plan: dict) -> Optional[dict]:
+    """A studio record's input image, as `studio info` shows it (image_summary), with what its plan resolved: the
+    denoise that ran, the input's size, the steps that ran and the output size. None for text to image."""
+    from studio.metadata.a1111 import image_summary
+
+    request = plan.get("request") if isinstance(plan.get("request"), dict) else {}
+    asked = request.get("image")
+    if not isinstance(asked, dict):
+        return None
+    resolved = plan.get("image") if isinstance(plan.get("image"), dict) else {}
+    # The denoise that ran: the request's may be None (the mode's default), the plan has the value.
+    out = image_summary({**asked, "strength": resolved.get("strength", asked.get("strength"))}, known=True)
+    for name, key in (("input_size", "input_size"), ("steps_run", "steps_run"), ("method", "method"),
+                      ("output_size", "canvas_size")):
+        if resolved.get(key) is not None:
+            out[name] = resolved[key]
+    return out
+
+
 def read_image_settings(path: Path, library=None) -> dict:
     """The generation settings an image carries: studio's own record, Fooocus's JSON, or A1111 infotext.
 
     ``source`` says which; ``request`` holds request values (a studio record's model is in ``plan``);
-    ``styles`` the styles applied with their text; ``library`` (the style library here, default the
-    shipped one) finds styles by name.
+    ``styles`` the styles applied with their text; ``image_input`` what is known of an input image (None
+    for text to image; from A1111 text only the denoise and mask settings, and ``input_known`` false);
+    ``library`` (the style library here, default the shipped one) finds styles by name.
     """
     from studio.metadata.a1111 import parse_infotext, to_request_values
     from studio.metadata.read import read_metadata
@@ -263,6 +381,7 @@ def read_image_settings(path: Path, library=None) -> dict:
         return {"source": "studio", "format": meta["format"], "request": plan.get("request"),
                 "styles": prompt.get("styles") or [], "model": model.get("name"), "model_sha256": model.get("sha256"),
                 "image": record.get("image"), "plan": record.get("plan"), "run": record.get("run"),
+                "image_input": _record_image_input(plan),
                 "notes": missing_styles_notes((plan.get("request") or {}).get("styles"), library),
                 "parameters": meta["parameters"]}
     if (fooocus := fooocus_metadata(meta["parameters"], library)) is not None:
@@ -278,6 +397,7 @@ def read_image_settings(path: Path, library=None) -> dict:
         return {"source": "a1111", "format": meta["format"], "request": values, "model": values.get("model"),
                 "model_sha256": None, "styles": _style_records(values.get("styles"), library),
                 "styles_named": parsed["styles"], "fields": parsed["fields"], "unknown": parsed["unknown"],
-                "model_hash": parsed["model_hash"], "notes": notes, "parameters": meta["parameters"]}
+                "model_hash": parsed["model_hash"], "image_input": parsed["image"], "notes": notes,
+                "parameters": meta["parameters"]}
     raise StudioError(f"no generation settings found in {Path(path).name} (no studio record, no A1111 "
                       "parameters, no Fooocus metadata)")

@@ -64,6 +64,28 @@ class Outpaint(_Strict):
     def any(self) -> bool:
         return bool(self.left or self.right or self.top or self.bottom)
 
+    def spec(self) -> str:
+        """The sides as the --outpaint flag and the infotext write them: ``left=128,top=64`` (zero sides left out)."""
+        return ",".join(f"{side}={getattr(self, side)}" for side in OUTPAINT_SIDES if getattr(self, side))
+
+
+OUTPAINT_SIDES = ("left", "right", "top", "bottom")
+
+
+def parse_outpaint(text: str) -> dict:
+    """``left=128,right=64`` (any of left, right, top, bottom, each once) as {side: pixels}; a ValueError says
+    what is wrong. The pixels' range is the Outpaint model's to check."""
+    sides: dict = {}
+    for part in str(text).split(","):
+        side, sep, value = (p.strip() for p in part.partition("="))
+        if not sep or side not in OUTPAINT_SIDES or not re.fullmatch(r"\d{1,5}", value):
+            raise ValueError(f"{part.strip()[:40]!r} is not SIDE=PIXELS: give left=128,right=64,... with the sides "
+                             "left, right, top or bottom and the pixels a multiple of 8 from 0 to 1024")
+        if side in sides:
+            raise ValueError(f"{side} is given twice")
+        sides[side] = int(value)
+    return sides
+
 
 class ImageInput(_Strict):
     """An input image and what to do with it. Images are named by the sha256 of their pixels in the output

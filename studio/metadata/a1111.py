@@ -8,7 +8,7 @@ import re
 from studio.plan import Plan
 from studio.samplers import SAMPLERS
 from studio.errors import StudioError
-from studio.settings import is_valid_request
+from studio.settings import Outpaint, is_valid_request, parse_outpaint
 
 
 def _quote(value) -> str:
@@ -29,11 +29,16 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         ("Model hash", plan.model.short_hash),
         ("Model", plan.model.name),
     ]
+    image = plan.image
+    if image is not None:
+        fields.append(("Denoising strength", image.strength))  # A1111's place for it: after Model
     if request.clip_skip != 1:
         fields.append(("Clip skip", request.clip_skip))
     if plan.prompt.styles:
         # SD.Next's field; the prompt lines above hold the styled text, so other tools see what was encoded.
         fields.append(("Styles", ", ".join(s.name for s in plan.prompt.styles)))
+    if image is not None:
+        fields += _image_fields(image, request.image)
     if plan.backend.precision.get("vae") != "fp32":
         fields.append(("VAE precision", plan.backend.precision["vae"]))
     fields += [
@@ -47,6 +52,24 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         lines.append(f"Negative prompt: {plan.prompt.negative}")
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
     return "\n".join(lines)
+
+
+def _image_fields(image, asked) -> list[tuple[str, object]]:
+    """An input image's fields (``image`` the ImagePlan, ``asked`` the request's ImageInput): A1111's own where
+    it has one (Mask blur, Inpaint area: Only masked, Masked area padding, as its img2img tab writes them), then
+    studio's: the mode, the inputs' pixel sha256 and outpaint's sides."""
+    fields: list[tuple[str, object]] = []
+    if image.mode in ("inpaint", "outpaint"):
+        fields.append(("Mask blur", image.mask_blur))
+    if image.area == "masked":
+        fields.append(("Inpaint area", "Only masked"))
+        fields.append(("Masked area padding", asked.masked_padding))
+    fields += [("Image mode", image.mode), ("Input image", image.input_sha256)]
+    if image.mask_sha256:
+        fields.append(("Mask", image.mask_sha256))
+    if image.outpaint:
+        fields.append(("Outpaint", Outpaint(**image.outpaint).spec()))
+    return fields
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,8 +202,8 @@ def _float(text: str) -> float | None:
     return float(text)
 
 
-def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | None, dict[str, str]]:
-    """Fields → (request values, model hash, fields that did not map)."""
+def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | None, dict[str, str], dict]:
+    """Fields → (request values, model hash, fields that did not map, the input image's fields read)."""
     request: dict = {}
     used: set[str] = set()
 
@@ -232,23 +255,95 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
             take("Backend", "backend", {"name": "torch"})
         elif len(parts) == 2 and parts[0] == "openvino":
             take("Backend", "backend", {"name": "openvino", "ov_mode": parts[1]})
+    # Hires fix (txt2img) writes its own Denoising strength beside its Hires fields: no input image then.
+    image = {} if any(k.startswith("Hires ") for k in fields) else _read_image_fields(fields, used)
+    if image.get("sha256") and image.get("mode") and is_valid_request(image=image):
+        request["image"] = image
+        used.add("Size")  # the size an input image ran at: the input decides it (it may be no text-to-image size)
     model_hash = None
     if "Model hash" in fields and _HASH.fullmatch(fields["Model hash"].strip()):
         model_hash = fields["Model hash"].strip().lower()
         used.add("Model hash")
     unknown = {k: v for k, v in fields.items() if k not in used}
-    return request, model_hash, unknown
+    return request, model_hash, unknown, image
+
+
+_INPAINT_AREA = {"only masked": "masked", "whole picture": "whole"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _read_image_fields(fields: dict[str, str], used: set[str]) -> dict:
+    """An input image's fields (A1111's and studio's, see _image_fields) as ImageInput values, each one that
+    parses and is in range; the keys taken are added to ``used``."""
+    from studio.image_input import MODES
+
+    found: dict = {}
+
+    def take(key: str, name: str, value, ok) -> None:
+        if value is not None and ok(value):
+            found[name] = value
+            used.add(key)
+
+    def text(key: str) -> str | None:
+        return fields[key].strip() if key in fields else None
+
+    if (value := text("Denoising strength")) is not None:
+        take("Denoising strength", "strength", _float(value), lambda v: 0 < v <= 1)
+    if (value := text("Mask blur")) is not None:
+        take("Mask blur", "mask_blur", _int(value), lambda v: 0 <= v <= 64)
+    if (value := text("Inpaint area")) is not None:
+        take("Inpaint area", "inpaint_area", _INPAINT_AREA.get(value.casefold()), bool)
+    if (value := text("Masked area padding")) is not None:
+        take("Masked area padding", "masked_padding", _int(value), lambda v: 0 <= v <= 256)
+    if (value := text("Image mode")) is not None:
+        take("Image mode", "mode", value, lambda v: v in MODES)
+    if (value := text("Input image")) is not None:
+        take("Input image", "sha256", value.lower(), _SHA256.fullmatch)
+    if (value := text("Mask")) is not None:
+        take("Mask", "mask_sha256", value.lower(), _SHA256.fullmatch)
+    if (value := text("Outpaint")) is not None:
+        try:
+            sides = parse_outpaint(value)
+        except ValueError:
+            sides = None
+        take("Outpaint", "outpaint", sides, lambda v: is_valid_request(image={"mode": "outpaint", "sha256": "0" * 64,
+                                                                              "outpaint": v}))
+    return found
+
+
+def image_summary(image: dict, known: bool) -> dict:
+    """What is known of an image's input from its settings (for `studio info`): the mode, the denoise, the
+    inputs' hashes and the mask's settings (those the mode uses); ``input_known`` says whether the input image
+    is named (by hash)."""
+    keys = (("mode", "mode"), ("denoise", "strength"), ("input_sha256", "sha256"), ("mask_sha256", "mask_sha256"),
+            ("mask_blur", "mask_blur"), ("inpaint_area", "inpaint_area"), ("masked_padding", "masked_padding"),
+            ("outpaint", "outpaint"))
+    mode = image.get("mode") if isinstance(image.get("mode"), str) else None  # a record may hold anything
+    unused = {"vary-subtle": ("mask_blur", "inpaint_area", "masked_padding", "outpaint"),
+              "vary-strong": ("mask_blur", "inpaint_area", "masked_padding", "outpaint"),
+              "upscale-1.5": ("mask_blur", "inpaint_area", "masked_padding", "outpaint"),
+              "upscale-2": ("mask_blur", "inpaint_area", "masked_padding", "outpaint"),
+              "inpaint": ("outpaint",), "outpaint": ("inpaint_area", "masked_padding")}.get(mode, ())
+    if image.get("inpaint_area") == "whole":
+        unused += ("masked_padding",)
+    out = {name: image[key] for name, key in keys if image.get(key) is not None and name not in unused}
+    out["input_known"] = bool(known and out.get("input_sha256"))
+    return out
 
 
 def parse_infotext(text: str) -> dict:
-    """A1111 infotext → {"prompt", "negative_prompt", "fields", "request", "model_hash", "styles", "unknown", "notes"}.
+    """A1111 infotext → {"prompt", "negative_prompt", "fields", "request", "model_hash", "styles", "unknown", "notes",
+    "image"}.
 
     `fields` keeps every `key: value` of the parameters line, in order, values unquoted;
     `request` holds GenerationRequest values for what maps and is valid (prompt and negative
     prompt included); `unknown` the fields that did not map (or did not parse, or are out of
     range). `styles` lists the names of a `Styles:` field (SD.Next's, and studio's): the prompt
     holds the styled text, so they are not put in `request` (studio.styles.restyle_values takes them
-    out of the text when this machine has them). Text without a parameters line is all prompt.
+    out of the text when this machine has them). `image` summarises an input image (image_summary): from
+    studio's `Image mode` and `Input image` keys it is also `request["image"]`; A1111's `Denoising strength`
+    alone says the image was made from an input that the text does not name (a note says so). Text without a
+    parameters line is all prompt.
     Raises StudioError only, for text over 64 KiB.
     """
     if isinstance(text, (bytes, bytearray)):
@@ -279,7 +374,22 @@ def parse_infotext(text: str) -> dict:
     prompt = "\n".join(prompt_lines).strip()
     negative = "\n".join(negative_lines).strip()
     notes: list[str] = []
-    request, model_hash, unknown = _map_fields(fields, notes)
+    request, model_hash, unknown, image_fields = _map_fields(fields, notes)
+    image = None
+    if "image" in request:
+        image = image_summary(request["image"], known=True)
+    elif image_fields.get("sha256"):  # studio's keys, but not a valid input together (an edited text)
+        image = image_summary(image_fields, known=True)
+        notes.append("the input image fields do not fit together (mode, mask, outpaint): left out of the settings")
+    elif "strength" in image_fields or "mode" in image_fields:
+        # A1111's img2img: a Denoising strength (and Mask blur for inpaint), and no word of the input itself.
+        image = image_summary(image_fields, known=False)
+        masked = "mask_blur" in image or "mask_sha256" in image
+        denoise = f"denoise {image['denoise']:g}" if "denoise" in image else "denoise not given"
+        flags = "--image FILE" + (" --mode inpaint --mask FILE" if masked else "") \
+            + (f" --strength {image['denoise']:g}" if "denoise" in image else "")
+        notes.append(f"made from an input image ({'inpainted, ' if masked else ''}{denoise}): the input image "
+                     f"itself is not known (the text does not name it); to run it from an image give {flags}")
     styles = [name.strip() for name in unknown.pop("Styles", "").split(",") if name.strip()][:64]
     values: dict = {}
     if is_valid_request(prompt=prompt):
@@ -288,7 +398,7 @@ def parse_infotext(text: str) -> dict:
         values["negative_prompt"] = negative
     values.update(request)
     return {"prompt": prompt, "negative_prompt": negative, "fields": fields, "request": values,
-            "model_hash": model_hash, "styles": styles, "unknown": unknown, "notes": notes}
+            "model_hash": model_hash, "styles": styles, "unknown": unknown, "notes": notes, "image": image}
 
 
 def to_request_values(parsed: dict) -> dict:

@@ -87,6 +87,13 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
                 "save the preset from a run so it stores the expanded text")
     # the styles: the text each had there (recorded in the preset's plan) against the text here
     _style_differences(preset, there, here, add)
+    # the input image: how it runs here (the inputs themselves are named by hash in the request)
+    there_image, here_image = _get(there, "image"), mine.get("image")
+    if isinstance(there_image, dict) and isinstance(here_image, dict):
+        for key in ("strength", "steps_run", "method", "canvas_size", "crop", "area"):
+            if key in there_image and there_image[key] != here_image.get(key):
+                add(f"image.{key}", there_image[key], here_image.get(key), "different",
+                    "the input image runs another way here (another studio version or model): the image will differ")
     # the noise
     there_gen, here_gen = _get(there, "noise.generator_device"), here.noise.generator_device
     if here.noise.source == "device" or (there_gen and there_gen != "cpu"):
