@@ -133,18 +133,20 @@ def test_the_input_image_panel_makes_the_request_image_and_back(tmp_path):
     from PIL import Image
 
     from studio.image_input import InputStore
-    from studio.settings import build_request
+    from studio.service import Studio
+    from studio.settings import AppConfig, build_request
     from studio.ui.page import control_values
     from studio.ui.tabs.input_image import request_image
     from tests.conftest import make_picture
 
-    store = InputStore(tmp_path / "inputs")
+    studio = Studio(AppConfig.from_env(output_dir=tmp_path, models_dir=tmp_path / "models"))
+    store = studio.engine.inputs
     picture = tmp_path / "in.png"
     make_picture(64, 48).save(picture)
-    assert request_image(store, {"input_image": False}) == (None, [])
+    assert request_image(studio, {"input_image": False}) == (None, [])
     with pytest.raises(StudioError, match="drop an image into Upscale or Variation"):
-        request_image(store, {"input_image": True, "image_mode": "vary-strong"})
-    image, notes = request_image(store, {"input_image": True, "image_mode": "upscale-2", "uov_image": str(picture),
+        request_image(studio, {"input_image": True, "image_mode": "vary-strong"})
+    image, notes = request_image(studio, {"input_image": True, "image_mode": "upscale-2", "uov_image": str(picture),
                                          "strength": 0, "mask_blur": 0, "inpaint_area": "whole",
                                          "masked_padding": 32})
     assert image["mode"] == "upscale-2" and image["strength"] is None and store.has(image["sha256"]) and not notes
@@ -154,16 +156,16 @@ def test_the_input_image_panel_makes_the_request_image_and_back(tmp_path):
     base = {"input_image": True, "image_mode": "inpaint", "inpaint_image": editor, "strength": 0.8, "mask_blur": 2,
             "inpaint_area": "whole", "masked_padding": 32}
     with pytest.raises(StudioError, match="paint the area"):
-        request_image(store, base)
+        request_image(studio, base)
     layer[10:20, 30:40] = 255
     Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
     editor["layers"] = [str(tmp_path / "layer.png")]
-    image, _ = request_image(store, base)
+    image, _ = request_image(studio, base)
     mask = np.asarray(store.get(image["mask_sha256"]))
     assert mask[10:20, 30:40].min() == 255 and mask.sum() == 255 * 100
     with pytest.raises(StudioError, match="at least one direction"):
-        request_image(store, {**base, "image_mode": "outpaint"})
-    out, _ = request_image(store, {**base, "image_mode": "outpaint", "outpaint_sides": ["left", "top"],
+        request_image(studio, {**base, "image_mode": "outpaint"})
+    out, _ = request_image(studio, {**base, "image_mode": "outpaint", "outpaint_sides": ["left", "top"],
                                    "outpaint_pixels": 64})
     assert out["outpaint"] == {"left": 64, "top": 64} and "mask_sha256" not in out
     # Apply (history, image info, presets) puts the stored files back into the panel.

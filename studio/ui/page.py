@@ -103,7 +103,7 @@ class Page:
         from studio.settings import build_request
         from studio.ui.tabs.input_image import request_image
 
-        image, notes = request_image(self.studio.engine.inputs, values)
+        image, notes = request_image(self.studio, values)
         return build_request(**request_values(values, image)), notes
 
     @property

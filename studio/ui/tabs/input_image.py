@@ -46,11 +46,9 @@ def _painted_mask(editor: dict, size: tuple[int, int]):
     return Image.fromarray(union, "L")
 
 
-def request_image(store, values: dict) -> tuple[Optional[dict], list[str]]:
-    """The request's ``image`` from the panel's values (its files put into ``store``), and notes on what was
-    converted; (None, []) when the panel is off."""
-    from studio.image_input import read_image, read_mask
-
+def request_image(studio, values: dict) -> tuple[Optional[dict], list[str]]:
+    """The request's ``image`` from the panel's values (its files put into the inputs store through the service),
+    and notes on what was converted; (None, []) when the panel is off."""
     if not values.get("input_image"):
         return None, []
     mode = values.get("image_mode") or UOV_MODES[0]
@@ -61,30 +59,29 @@ def request_image(store, values: dict) -> tuple[Optional[dict], list[str]]:
         if source is None:
             raise StudioError(f"Input image is on with {MODE_LABELS.get(mode, mode)}: drop an image into Upscale or "
                               "Variation (or turn Input image off)")
-        image, notes = read_image(source)
-        return {**settings, "sha256": store.put(image)}, notes
+        sha, notes = studio.put_input(source)
+        return {**settings, "sha256": sha}, notes
     editor = values.get("inpaint_image") if isinstance(values.get("inpaint_image"), dict) else {}
     source = _path(editor.get("background"))
     if source is None:
         raise StudioError(f"Input image is on with {MODE_LABELS[mode]}: drop an image into Inpaint or Outpaint "
                           "(or turn Input image off)")
-    image, notes = read_image(source)
-    request = {**settings, "sha256": store.put(image)}
+    sha, notes = studio.put_input(source)
+    request = {**settings, "sha256": sha}
     if mode == "outpaint":
         sides = [s for s in values.get("outpaint_sides") or [] if s in SIDES]
         if not sides:
             raise StudioError("Outpaint: tick at least one direction (left, right, top, bottom)")
         pixels = values.get("outpaint_pixels") or DEFAULT_OUTPAINT_PIXELS
         return {**request, "outpaint": {side: pixels for side in sides}}, notes
-    mask_file = _path(values.get("mask_image"))
-    if mask_file is not None:
-        mask, mask_notes = read_mask(mask_file, image.size)
-    else:
-        mask, mask_notes = _painted_mask(editor, image.size), []
+    mask = _path(values.get("mask_image"))
+    if mask is None:
+        mask = _painted_mask(editor, studio.engine.inputs.get(sha).size)
         if mask is None:
             raise StudioError("Inpaint: paint the area to repaint on the image (white = repaint), or give a mask "
                               "file")
-    return {**request, "mask_sha256": store.put(mask)}, notes + mask_notes
+    mask_sha, mask_notes = studio.put_mask(mask, sha)
+    return {**request, "mask_sha256": mask_sha}, notes + mask_notes
 
 
 def image_values(request, store=None) -> dict:
