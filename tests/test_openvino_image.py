@@ -50,21 +50,22 @@ def report(capsys, line):
         print(f"\n[ov-image] {line}")
 
 
-@pytest.mark.parametrize("mode", ["vary-subtle", "inpaint"])
-def test_matches_torch_fp32_and_repeats(ov_engine, tiny_request, inputs, mode, capsys):
-    plan, reference, first, again = against_torch(ov_engine, tiny_request, inputs, mode)
+@pytest.mark.parametrize("model,mode", [("tiny", "vary-subtle"), ("tiny", "inpaint"), ("tiny-sdxl", "vary-subtle")])
+def test_matches_torch_fp32_and_repeats(ov_engine, tiny_request, inputs, model, mode, capsys):
+    plan, reference, first, again = against_torch(ov_engine, tiny_request, inputs, mode, model)
     expected = {"vary-subtle": ("image-to-image", ":img2img"),
                 "inpaint": ("latent mask blending (4-channel UNet)", ":inpaint")}[mode]
     assert plan.image.method == expected[0] and plan.compile.signature.endswith(expected[1])
     assert [e["signature"] for e in first.compile_events] == [plan.compile.signature]
     diff = float(np.abs(first.images - reference.images).max())
-    report(capsys, f"tiny {mode}: OpenVINO accuracy vs torch fp32 max abs diff {diff:.3g}")
+    report(capsys, f"{model} {mode}: OpenVINO accuracy vs torch fp32 max abs diff {diff:.3g}")
     assert diff <= TOLERANCE, diff
     assert np.array_equal(first.images, again.images)
     assert first.fingerprints == again.fingerprints == reference.fingerprints
     assert [e["kind"] for e in again.compile_events] == ["hit"]
     # The input image decided the result: not the text-to-image image of the same seed and prompt.
-    text = ov_engine.run(ov_engine.plan(request(tiny_request, inputs, mode).model_copy(update={"image": None})))
+    text = ov_engine.run(ov_engine.plan(request(tiny_request, inputs, mode, model=model).model_copy(
+        update={"image": None})))
     assert np.abs(text.images - first.images).max() > 0.05
 
 
@@ -88,8 +89,8 @@ def test_task_and_input_size_changes_are_predicted_in_the_words_the_run_reports(
     # planned before the text-to-image run, predicted again after it: what the run will do now
     inpaint = engine.with_current_compile(inpaint)
     assert inpaint.compile.will_compile and inpaint.compile.reason == "mask mode text to image→inpaint (latent blending)"
-    events = engine.run(inpaint).compile_events
-    assert [(e["kind"], e["reason"]) for e in events] == [("compile", inpaint.compile.reason)]
+    painted = engine.run(inpaint)
+    assert [(e["kind"], e["reason"]) for e in painted.compile_events] == [("compile", inpaint.compile.reason)]
     vary = engine.plan(request(tiny_request, inputs, "vary-subtle"))
     assert vary.compile.reason == "mask mode inpaint (latent blending)→image to image"
     assert engine.run(vary).compile_events[0]["reason"] == vary.compile.reason
@@ -99,6 +100,14 @@ def test_task_and_input_size_changes_are_predicted_in_the_words_the_run_reports(
     assert [(e["kind"], e["reason"]) for e in engine.run(wide).compile_events] == [("compile", wide.compile.reason)]
     again = engine.plan(request(tiny_request, inputs, "inpaint"))
     assert not again.compile.will_compile and again.compile.signature == inpaint.compile.signature
+    # Dropped (the image pipelines' compiled parts too): compiled again, said so, and the same image.
+    engine.drop_compile_cache()
+    again = engine.plan(request(tiny_request, inputs, "inpaint"))
+    assert again.compile.reason == "the compile cache was dropped: mask mode image to image→inpaint (latent blending), " \
+                                   "input size 80×64→64×64"
+    rerun = engine.run(again)
+    assert rerun.compile_events[0]["reason"] == again.compile.reason
+    assert np.array_equal(rerun.images, painted.images)
 
 
 def test_nine_channel_inpaint_model_runs_on_openvino(ov_engine, tiny_request, inputs, tiny_inpaint, capsys):
