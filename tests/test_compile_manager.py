@@ -102,3 +102,30 @@ def test_padding_is_said_as_padding_not_as_a_crossed_boundary():
     m2 = CompileManager(capacity=3)
     m2.activate(sig(chunks=2), compile_fn)
     assert m2.predict(sig(chunks=1)).reason == "prompt back within 75 tokens: chunks 2→1"
+
+
+def test_the_task_is_part_of_the_key_and_said_as_mask_mode_and_input_size():
+    m = CompileManager(capacity=4)
+    text = sig()
+    inpaint = Signature(device="CPU", mode="accuracy", batch=2, width=64, height=64, chunks=1,
+                        task="inpaint (latent blending)")
+    assert str(text) == "CPU:accuracy:b2:64x64:77tok" and str(inpaint) == "CPU:accuracy:b2:64x64:77tok:inpaint"
+    assert inpaint != text and not text.image_input and inpaint.image_input
+    m.activate(text, compile_fn)
+    p = m.predict(inpaint)
+    assert p.will_compile and p.reason == "mask mode text to image→inpaint (latent blending)"
+    m.activate(inpaint, compile_fn)
+    wider = Signature(device="CPU", mode="accuracy", batch=2, width=96, height=64, chunks=1,
+                      task="inpaint (latent blending)")
+    assert m.predict(wider).reason == "input size 64×64→96×64"
+    vary = Signature(device="CPU", mode="accuracy", batch=2, width=96, height=64, chunks=1, task="image to image")
+    assert m.predict(vary).reason == "mask mode inpaint (latent blending)→image to image, input size 64×64→96×64"
+    m.activate(vary, compile_fn)
+    assert m.predict(sig(w=72)).reason == "mask mode image to image→text to image, resolution 96×64→72×64"
+    assert not m.predict(text).will_compile and m.predict(inpaint).reason == "cached"
+    try:
+        Signature(device="CPU", mode="accuracy", batch=2, width=64, height=64, chunks=1, task="img2img")
+    except ValueError as exc:
+        assert "unknown compile task" in str(exc)
+    else:
+        raise AssertionError("an unknown task was accepted")

@@ -98,12 +98,19 @@ class Backend(Protocol):
         """Where 'device' noise is drawn for this backend (a torch device name)."""
 
     def predict_compile(self, request: GenerationRequest, model: str, width: int, height: int,
-                        chunks: int, prompt_chunks: Optional[int] = None) -> Optional[CompilePlan]:
-        """For a compiling backend: will this request compile, and why. None for eager backends."""
+                        chunks: int, prompt_chunks: Optional[int] = None,
+                        image_method: Optional[str] = None) -> Optional[CompilePlan]:
+        """For a compiling backend: will this request compile, and why. None for eager backends.
+        ``image_method`` is the plan's ImagePlan.method for an input image (None: text to image): what is
+        compiled depends on it."""
 
     def generate(self, plan: Plan, load_pipeline: Callable[[], Any], latents, generators,
-                 on_step: Optional[StepCallback] = None, hooks: Optional[RunHooks] = None) -> BackendOutput:
+                 on_step: Optional[StepCallback] = None, hooks: Optional[RunHooks] = None,
+                 inputs=None) -> BackendOutput:
         """Run the plan from the given initial latents; per-step noise comes from ``generators``.
+
+        With an input image (``plan.image``), ``inputs`` holds its pixels (engine/image_modes.Prepared) and
+        ``generators`` are fresh: the pipeline draws the noise itself, equal to ``latents`` (image_inputs.py).
 
         ``hooks`` (see RunHooks) gets the slow stages as they begin, each step and its latents; when given,
         it replaces ``on_step``. An ImageSkipped from a step ends the image: the output says ``skipped``.

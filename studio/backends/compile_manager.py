@@ -1,8 +1,10 @@
 """Compiled (static-shape) model variants, kept by signature in an LRU, with predictions and events.
 
 A static-shape backend compiles one variant per signature: the model, device, mode, UNet batch (2
-with CFG), image size, and prompt length in 77-token chunks. A prompt that crosses 75·k tokens or a new
-resolution needs a new compile; a signature still in the LRU is a hit. `predict` says which,
+with CFG), image size, prompt length in 77-token chunks, and the task (text to image, image to image,
+inpaint: each compiles another set of models, the VAE encoder beside the UNet and decoder for an input
+image). A prompt that crosses 75·k tokens, a new resolution (an input image of another size) or another
+task needs a new compile; a signature still in the LRU is a hit. `predict` says which,
 and why, before anything runs; `activate` does it and reports events with measured seconds.
 """
 
@@ -17,6 +19,14 @@ from typing import Any, Callable, Optional
 from studio.plan import CompilePlan
 
 
+TEXT_TO_IMAGE = "text to image"
+# What a run compiles for (the words the recompile reasons use) → its tag in a signature's text. The task
+# decides the compiled set: an input image adds the VAE encoder, and inpaint runs diffusers' inpaint pipeline
+# (a 9-channel inpaint UNet is another model, so another signature anyway; the tag says why to the user).
+TASKS = {TEXT_TO_IMAGE: "", "image to image": "img2img", "inpaint (latent blending)": "inpaint",
+         "inpaint (9-channel UNet)": "inpaint9"}
+
+
 @dataclass(frozen=True)
 class Signature:
     device: str
@@ -26,12 +36,25 @@ class Signature:
     height: int
     chunks: int  # prompt length in 77-token chunks
     model: str = ""  # the model's short hash: variants of two models never stand in for each other
+    task: str = TEXT_TO_IMAGE  # a key of TASKS
     # The prompt's own chunk count, before a pad:N policy raised it: said in reasons, not part of the key.
     prompt_chunks: Optional[int] = field(default=None, compare=False)
 
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown compile task {self.task!r}; one of {', '.join(TASKS)}")
+
     def __str__(self) -> str:
         prefix = f"{self.model}:" if self.model else ""
-        return f"{prefix}{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
+        # The task is said only when it is not text to image: text-to-image signatures read as they always did.
+        suffix = f":{TASKS[self.task]}" if self.task != TEXT_TO_IMAGE else ""
+        return (f"{prefix}{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
+                f"{suffix}")
+
+    @property
+    def image_input(self) -> bool:
+        """Whether this variant encodes an input image (and so holds a VAE encoder)."""
+        return self.task != TEXT_TO_IMAGE
 
 
 def describe_change(old: Optional[Signature], new: Signature) -> str:
@@ -40,8 +63,12 @@ def describe_change(old: Optional[Signature], new: Signature) -> str:
     changes = []
     if old.model != new.model:
         changes.append(f"model {old.model}→{new.model}")
+    if old.task != new.task:
+        changes.append(f"mask mode {old.task}→{new.task}")
     if (old.width, old.height) != (new.width, new.height):
-        changes.append(f"resolution {old.width}×{old.height}→{new.width}×{new.height}")
+        # An input image's run size follows the image: say so, rather than a resolution the user never set.
+        what = "input size" if new.image_input else "resolution"
+        changes.append(f"{what} {old.width}×{old.height}→{new.width}×{new.height}")
     if old.chunks != new.chunks:
         own = new.prompt_chunks or new.chunks
         if own < new.chunks:

@@ -6,6 +6,9 @@ an LRU); switching between cached signatures only swaps compiled models. The tex
 PyTorch on the CPU (SD.Next's default), or, with `text_encoder: openvino`, as exported IR compiled for
 one 77-token chunk ([1, 77]: every chunk has that shape, so prompt length never recompiles them);
 either way with the same chunked encoding as the torch backend.
+An input image (vary, upscale, inpaint, outpaint) runs through optimum-intel's own image-to-image and inpaint
+pipelines, made once per model on the same exported models; its signature also compiles the VAE encoder for the
+input's size, which encodes the input (the posterior's mean: no draw) before the pipeline adds the noise.
 Modes: performance (EXECUTION_MODE_HINT=PERFORMANCE: the device's fastest precision, bf16 on CPUs
 with avx512_bf16/AMX) or accuracy (EXECUTION_MODE_HINT=ACCURACY, INFERENCE_PRECISION_HINT=f32).
 Compiled blobs are cached on disk in one folder per compile key (backends/blob_cache.py says why).
@@ -25,8 +28,10 @@ from typing import Any, Optional
 from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
                                   non_finite)
 from studio.backends.blob_cache import BlobCache
-from studio.backends.compile_manager import CompileManager, Signature
+from studio.backends.compile_manager import TEXT_TO_IMAGE, CompileManager, Signature
+from studio.backends.image_inputs import image_kwargs, scale_latents, watch_noise
 from studio.engine import precision
+from studio.engine.image_modes import METHODS
 from studio.plan import Plan, ResolvedBackend
 from studio.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
@@ -34,6 +39,11 @@ from studio.fsutil import atomic_dir
 from studio.repro.environment import cpu_info
 from studio.prompts.encode import encode
 from studio.settings import GenerationRequest
+
+# An ImagePlan's method (None: text to image) → the task its signature compiles for (compile_manager.TASKS).
+TASK_OF_METHOD = {None: TEXT_TO_IMAGE, METHODS["img2img"]: "image to image",
+                  METHODS["blend"]: "inpaint (latent blending)", METHODS["inpaint_unet"]: "inpaint (9-channel UNet)"}
+
 
 def _loaded_from_cache(compiled) -> bool:
     try:
@@ -70,6 +80,7 @@ class Loaded:
     load_note: Optional[str]  # exported or loaded from cache: told once, with the first run
     ov_text: dict = field(default_factory=dict)  # (device, mode) → TextSide with compiled OpenVINO encoders
     fp32_vae: dict = field(default_factory=dict)  # (device, W, H) → an accuracy-mode VAE decoder, for the guard
+    task_pipes: dict = field(default_factory=dict)  # "img2img" / "inpaint" → optimum-intel's pipeline, same models
 
 
 class _EncoderOutput(tuple):
@@ -196,14 +207,15 @@ class OpenVINOBackend:
     # -- signatures --------------------------------------------------------------------------------
     @staticmethod
     def signature(request: GenerationRequest, model: str, width: int, height: int, chunks: int,
-                  device: str, prompt_chunks: Optional[int] = None) -> Signature:
+                  device: str, prompt_chunks: Optional[int] = None, image_method: Optional[str] = None) -> Signature:
         cfg_batch = 2 if request.cfg > 1 else 1  # diffusers runs CFG as one batch of (negative, positive)
         return Signature(device=device, mode=request.backend.ov_mode, batch=cfg_batch, width=width,
-                         height=height, chunks=chunks, model=model, prompt_chunks=prompt_chunks)
+                         height=height, chunks=chunks, model=model, prompt_chunks=prompt_chunks,
+                         task=TASK_OF_METHOD[image_method])
 
-    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None):
+    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None):
         return self.manager.predict(self.signature(request, model, width, height, chunks,
-                                                   self._device(request.backend.device), prompt_chunks))
+                                                   self._device(request.backend.device), prompt_chunks, image_method))
 
     # -- export / load -----------------------------------------------------------------------------
     def _ir_dir(self, sha256: str) -> Path:
@@ -247,8 +259,59 @@ class OpenVINOBackend:
         self._loaded = (key, loaded)
         return loaded
 
+    def _task_pipeline(self, loaded: Loaded, plan: Plan):
+        """optimum-intel's image-to-image or inpaint pipeline of the loaded model (made once per model): the
+        same exported models, tokenizers and scheduler config, so nothing is read again; the compiled models
+        are set on it per run, as on the text-to-image pipeline."""
+        kind = "img2img" if plan.image.method == METHODS["img2img"] else "inpaint"
+        if kind in loaded.task_pipes:
+            return loaded.task_pipes[kind], kind
+        from optimum.intel import (OVStableDiffusionImg2ImgPipeline, OVStableDiffusionInpaintPipeline,
+                                   OVStableDiffusionXLImg2ImgPipeline, OVStableDiffusionXLInpaintPipeline)
+
+        base = loaded.ov_pipe
+        if base.vae_encoder is None:
+            raise StudioError("this model's OpenVINO export has no VAE encoder, which an input image needs: delete "
+                              f"{self._ir_dir(plan.model.sha256)} so that the next run exports it again")
+        xl = plan.model.family == "sdxl"
+        cls = {("img2img", False): OVStableDiffusionImg2ImgPipeline,
+               ("inpaint", False): OVStableDiffusionInpaintPipeline,
+               ("img2img", True): OVStableDiffusionXLImg2ImgPipeline,
+               ("inpaint", True): OVStableDiffusionXLInpaintPipeline}[(kind, xl)]
+        # Given as arguments, the models are used as they are (never read from the IR folder again).
+        shared = {name: getattr(base, name).model
+                  for name in ("unet", "vae_decoder", "vae_encoder", "text_encoder", "text_encoder_2")
+                  if getattr(base, name, None) is not None}
+        shared.update({name: getattr(base, name) for name in ("tokenizer", "tokenizer_2")
+                       if getattr(base, name, None) is not None})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            made = cls.from_pretrained(str(self._ir_dir(plan.model.sha256)), compile=False, local_files_only=True,
+                                       ov_config=dict(base.ov_config), scheduler=base.scheduler, **shared)
+        made.set_progress_bar_config(disable=True)
+        loaded.task_pipes[kind] = made
+        return made, kind
+
+    @staticmethod
+    def _encoder(compiled, config):
+        """Encode pixels (1×3×H×W in −1..1) with the compiled VAE encoder: the posterior's mean (the first half of
+        the exported ``latent_parameters``: mean, then log-variance), in the UNet's latent scale."""
+        import torch
+
+        port = next((o for o in compiled.outputs if "latent_parameters" in o.get_names()), None)
+        if port is None:
+            raise StudioError("this model's exported VAE encoder does not give the posterior's parameters "
+                              "(latent_parameters): delete its IR folder in studio's cache so it is exported again")
+
+        def encode(x):
+            parameters = torch.from_numpy(compiled(x.numpy())[port].copy())
+            return scale_latents(parameters[:, : parameters.shape[1] // 2], config)
+
+        return encode
+
     def _compile(self, ov_pipe, sig: Signature, model_sha256: str) -> dict:
-        """Reshape copies of the UNet and VAE decoder to ``sig`` and compile them."""
+        """Reshape copies of the UNet and VAE decoder (and for an input image the VAE encoder) to ``sig`` and
+        compile them."""
         unet = ov_pipe.unet.model.clone()
         h, w = sig.height // ov_pipe.vae_scale_factor, sig.width // ov_pipe.vae_scale_factor
         shapes = {}
@@ -263,9 +326,15 @@ class OpenVINOBackend:
             else:  # SDXL's text_embeds / time_ids: batch first, the rest as exported
                 shapes[port] = [sig.batch, *[d.get_length() for d in list(shape)[1:]]]
         unet.reshape(shapes)
-        compiled, notes = self._compile_models({"UNet": unet, "VAE": self._vae_model(ov_pipe, sig.width, sig.height)},
-                                               sig.device, sig.mode, model_sha256)
-        return {"unet": compiled["UNet"], "vae_decoder": compiled["VAE"], "notes": notes,
+        models = {"UNet": unet, "VAE": self._vae_model(ov_pipe, sig.width, sig.height)}
+        if sig.image_input:
+            encoder = ov_pipe.vae_encoder.model.clone()
+            port = encoder.inputs[0]
+            encoder.reshape({port: [1, port.get_partial_shape()[1].get_length(), sig.height, sig.width]})
+            models["VAE encoder"] = encoder
+        compiled, notes = self._compile_models(models, sig.device, sig.mode, model_sha256)
+        return {"unet": compiled["UNet"], "vae_decoder": compiled["VAE"],
+                "vae_encoder": compiled.get("VAE encoder"), "notes": notes,
                 "from_cache": all(_loaded_from_cache(c) for c in compiled.values()),
                 "precision": _precision_name(compiled["UNet"].get_property("INFERENCE_PRECISION_HINT"))}
 
@@ -277,11 +346,11 @@ class OpenVINOBackend:
         vae.reshape({port: [1, port.get_partial_shape()[1].get_length(), height // scale, width // scale]})
         return vae
 
-    def _guard_vae(self, loaded: Loaded, plan: Plan, compiled: dict, hooks: RunHooks) -> list[str]:
+    def _guard_vae(self, loaded: Loaded, pipe, plan: Plan, compiled: dict, hooks: RunHooks) -> list[str]:
         """Make the pipeline's VAE decode fall back to an fp32 (accuracy-mode) decoder when a performance-mode
         decode gives NaN/inf or a flat image, as the torch backend's VAE guard does; returns a list that
         receives a note each time the fallback ran."""
-        vae, upcasts = loaded.ov_pipe.vae, []
+        vae, upcasts = pipe.vae, []
         decode = type(vae).decode.__get__(vae)
         if plan.backend.mode == "accuracy":  # already fp32: nothing wider to fall back to
             vae.decode = decode
@@ -298,7 +367,7 @@ class OpenVINOBackend:
                 models, _ = self._compile_models({"VAE": self._vae_model(loaded.ov_pipe, plan.width, plan.height)},
                                                  plan.backend.device, "accuracy", plan.model.sha256)
                 loaded.fp32_vae[key] = models["VAE"]
-            decoder = loaded.ov_pipe.vae_decoder
+            decoder = pipe.vae_decoder
             decoder.request = loaded.fp32_vae[key]
             try:
                 out = decode(*args, **kwargs)
@@ -345,16 +414,22 @@ class OpenVINOBackend:
     def compile_stage(sig: Signature) -> str:
         """The stage's name for the user: what is compiled, for what size and prompt length, how."""
         chunks = f"{sig.chunks} chunk{'s' * (sig.chunks > 1)}"
-        return (f"compiling UNet and VAE decoder for {sig.width}×{sig.height}, {chunks} "
+        parts = "UNet, VAE encoder and decoder" if sig.image_input else "UNet and VAE decoder"
+        task = f", {sig.task}" if sig.image_input else ""
+        return (f"compiling {parts} for {sig.width}×{sig.height}{task}, {chunks} "
                 f"({sig.mode} mode on {sig.device})")
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
-                 hooks: Optional[RunHooks] = None):
+                 hooks: Optional[RunHooks] = None, inputs=None):
         hooks = as_hooks(on_step, hooks)
         loaded = self._load(plan, load_pipeline, hooks)
         request = plan.request
+        method = plan.image.method if plan.image is not None else None
         sig = self.signature(request, plan.model.short_hash, plan.width, plan.height, plan.prompt.chunk_count,
-                             plan.backend.device, plan.prompt.own_chunks)
+                             plan.backend.device, plan.prompt.own_chunks, method)
+        pipe, kind = loaded.ov_pipe, None
+        if plan.image is not None:
+            pipe, kind = self._task_pipeline(loaded, plan)
 
         def compile_variant(s: Signature) -> dict:
             hooks.stage(self.compile_stage(s))
@@ -364,8 +439,14 @@ class OpenVINOBackend:
         # A Stop pressed during the compile ends the run now; the variant stays in the LRU (and its blob on
         # disk), so the next run of this signature does not compile again.
         hooks.check()
-        loaded.ov_pipe.unet.request = compiled["unet"]
-        loaded.ov_pipe.vae_decoder.request = compiled["vae_decoder"]
+        pipe.unet.request = compiled["unet"]
+        pipe.vae_decoder.request = compiled["vae_decoder"]
+        task_kwargs = {}
+        if plan.image is not None:
+            # diffusers never encodes here (it gets latents), but the part holds this signature's encoder anyway
+            pipe.vae_encoder.request = compiled["vae_encoder"]
+            task_kwargs = image_kwargs(plan, inputs, kind, self._encoder(compiled["vae_encoder"],
+                                                                         pipe.vae_encoder.config))
         compiled_now = any(e["kind"] == "compile" for e in events)
         for event in events:
             if event["kind"] != "evict":
@@ -376,9 +457,9 @@ class OpenVINOBackend:
         text_side, text_notes = self._text_side(loaded, plan, hooks)
         cond = encode(text_side, p.prompt_final, p.negative, p.chunk_count, request.clip_skip,
                       request.comma_backtrack)
-        pipe = loaded.ov_pipe
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), loaded.scheduler_config, generators[0])
-        upcasts = self._guard_vae(loaded, plan, compiled, hooks)
+        noise_check = watch_noise(pipe.scheduler, latents) if plan.image is not None else None
+        upcasts = self._guard_vae(loaded, pipe, plan, compiled, hooks)
         ran = f"{compiled['precision']}, {request.backend.ov_mode} mode on {plan.backend.device}"
         fix = ("use accuracy mode (--ov-mode accuracy: fp32)" if request.backend.ov_mode != "accuracy" else
                "the model's weights or the prompt's weights give values out of range; compare with "
@@ -386,17 +467,21 @@ class OpenVINOBackend:
         notes = [n for n in (loaded.load_note, *text_notes) if n]
         notes += compiled["notes"] if compiled_now else []
         loaded.load_note = None
+        # Text to image starts from the drawn noise; an input image's pipeline draws the same noise itself
+        # (from generators in the state it was drawn from) and adds it to the encoded image.
+        start = task_kwargs or dict(width=plan.width, height=plan.height, latents=latents)
         hooks.sampling()
         try:
-            out = pipe(**cond.pipeline_kwargs(), num_inference_steps=request.steps, guidance_scale=request.cfg,
-                       width=plan.width, height=plan.height, num_images_per_prompt=1, latents=latents,
-                       generator=generators, output_type="np",
+            out = pipe(**cond.pipeline_kwargs(), **start, num_inference_steps=request.steps,
+                       guidance_scale=request.cfg, num_images_per_prompt=1, generator=generators, output_type="np",
                        callback_on_step_end=guarded_callback(
-                           hooks, request.steps,
-                           lambda step: non_finite("UNet", f"at step {step} of {request.steps}", ran, fix)))
+                           hooks, plan.steps_run,
+                           lambda step: non_finite("UNet", f"at step {step} of {plan.steps_run}", ran, fix)))
         except ImageSkipped:
             # What this image compiled stays cached and is still reported; the image itself is dropped.
             return BackendOutput(images=None, compile_events=events, notes=notes, skipped=True)
+        if noise_check is not None:
+            noise_check()
         notes += upcasts
         compiled_parts = "text encoder, UNet and VAE" if plan.backend.text_encoder == "openvino" else "UNet and VAE"
         notes.append(f"openvino: {compiled_parts} ran in {compiled['precision']} "
@@ -425,8 +510,10 @@ class OpenVINOBackend:
             texts = [f"{device}:{mode}" for device, mode in loaded.ov_text]
             loaded.ov_text.clear()
             loaded.fp32_vae.clear()
-            for part in (loaded.ov_pipe.unet, loaded.ov_pipe.vae_decoder):
-                part.request = None  # the next run sets the variant it activates
+            for pipe in (loaded.ov_pipe, *loaded.task_pipes.values()):
+                for part in (pipe.unet, pipe.vae_decoder, pipe.vae_encoder):
+                    if part is not None:
+                        part.request = None  # the next run sets the variant it activates
         removed_disk = False
         if disk and self.blobs.root.is_dir():
             shutil.rmtree(self.blobs.root, ignore_errors=True)

@@ -67,7 +67,7 @@ class TorchBackend:
     def generator_device(self, resolved: ResolvedBackend) -> str:
         return resolved.device
 
-    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None):
+    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None):
         return None  # eager: nothing is compiled
 
     @staticmethod
