@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SETTINGS = {"tiny": {"size": 64, "steps": 20}, "sd15-random": {"size": 256, "steps": 10}}
+SETTINGS = {"tiny": {"size": 64, "steps": 20}, "sd15-random": {"size": 256, "steps": 8}}
 
 
 def picture(size: int):
