@@ -273,17 +273,20 @@ class Context:
         self.cache_dir = cache_dir
         self.models_dir = work / "models"
         self.out_dir = work / "out"
-        self._engine = None
+        self._studio = None
         self._made_on: dict = {}
 
-    def engine(self):
-        if self._engine is None:
-            from studio.engine.engine import Engine
+    def studio(self):
+        if self._studio is None:
+            from studio.service import Studio
             from studio.settings import AppConfig
 
-            self._engine = Engine(AppConfig(cache_dir=self.cache_dir, output_dir=self.out_dir,
+            self._studio = Studio(AppConfig(cache_dir=self.cache_dir, output_dir=self.out_dir,
                                             models_dir=self.models_dir))
-        return self._engine
+        return self._studio
+
+    def engine(self):
+        return self.studio().engine
 
     def tokenizer(self):
         return self.engine().tokenizer()
@@ -895,6 +898,7 @@ class Http(Target):
         from studio.ui.app import control_values
 
         self.samplers = list(SAMPLERS) + [s + "-gpu" for s in SAMPLERS] + ["bogus", "Euler a", "euler-gpu-gpu"]
+        self.files = self._input_files(ctx.work / "inputs-given")
         base = {"prompt": "a fox", "seed": 7, "steps": 4, "width": 64, "height": 64, "model": "tiny"}
         self.bases = [control_values(build_request(**{**base, **extra})) for extra in (
             {}, {"expansion": True, "batch": 2}, {"backend": {"name": "openvino"}, "sampler": "euler_a-gpu"},
@@ -923,7 +927,39 @@ class Http(Target):
             "styles": [[], ["Photograph"], ["Photograph", "Street Photo"], ["photograph"], ["Fooocus V2"],
                        ["Photograph", "Photograph"], ["nope"], ["../x"], ["a/b"], "Photograph", [1], [None],
                        ["Photograph"] * 17],
+            # The Input image panel: its switches, settings and files (as Gradio hands them to the handler).
+            "input_image": [True, False, 1, "yes"],
+            "image_mode": ["vary-subtle", "vary-strong", "upscale-1.5", "upscale-2", "inpaint", "outpaint", "Vary",
+                           ""],
+            "strength": [0, 0.5, 1, 0.01, 1.5, -1], "mask_blur": [0, 4, 64, 65, 1.5],
+            "inpaint_area": ["whole", "masked", "all"], "masked_padding": [0, 32, 256, 257],
+            "uov_image": [None, *self.files.values(), {"path": self.files["picture"]}, "missing.png", "/dev/null"],
+            "inpaint_image": [None, {}, "x", {"background": self.files["picture"], "layers": []},
+                              {"background": self.files["picture"], "layers": [self.files["layer"]]},
+                              {"background": self.files["picture"], "layers": [self.files["text"], None, 3]},
+                              {"background": self.files["text"], "layers": [self.files["layer"]]}],
+            "mask_image": [None, *self.files.values()],
+            "outpaint_sides": [[], ["left"], ["left", "top", "right", "bottom"], ["nope"], "left", [1]],
+            "outpaint_pixels": [8, 128, 1024, 0, 7, 2000, 12.5],
         }
+
+    @staticmethod
+    def _input_files(folder: Path) -> dict:
+        """Files a client may upload to the Input image panel: a picture, a painted layer, a mask, not an image."""
+        import numpy as np
+        from PIL import Image
+
+        folder.mkdir(parents=True, exist_ok=True)
+        rgb = (np.indices((48, 64)).sum(0) % 256).astype(np.uint8)
+        layer = np.zeros((48, 64, 4), np.uint8)
+        layer[8:24, 16:40] = 255
+        files = {"picture": folder / "picture.png", "layer": folder / "layer.png", "mask": folder / "mask.png",
+                 "text": folder / "text.png"}
+        Image.fromarray(np.dstack([rgb, 255 - rgb, rgb // 2])).save(files["picture"])
+        Image.fromarray(layer, "RGBA").save(files["layer"])
+        Image.fromarray(layer[:, :, 3]).resize((32, 24)).save(files["mask"])
+        files["text"].write_text("not an image")
+        return {name: str(path) for name, path in files.items()}
 
     def hostile(self, rng):
         r = rng.random()
@@ -951,20 +987,24 @@ class Http(Target):
     def run(self, case):
         from studio.settings import build_request
         from studio.ui.app import INPUT_ORDER, plan_markdown, request_values
+        from studio.ui.tabs.input_image import request_image
 
-        engine = self.ctx.engine()
-        values = case["values"]
-        request = build_request(**request_values(dict(zip(INPUT_ORDER, [values.get(k) for k in INPUT_ORDER]))))
+        studio = self.ctx.studio()
+        engine = studio.engine
+        values = {k: case["values"].get(k) for k in INPUT_ORDER}
+        image, notes = request_image(studio, values)  # as Page.settings does
+        request = build_request(**request_values(values, image))
         plan = engine.plan(request)
         fingerprints = None if request.seed is None else engine.preview_fingerprints(plan)
-        plan_markdown(plan, fingerprints)
+        plan_markdown(plan, fingerprints, notes)
         json.dumps(plan.to_json_dict())
         return "accepted"
 
     def reproducer(self, case):
         return ("from studio.ui.app import INPUT_ORDER, request_values; from studio.settings import build_request; "
-                f"values = {case['values']!r}; "
-                "engine.plan(build_request(**request_values({k: values.get(k) for k in INPUT_ORDER})))")
+                "from studio.ui.tabs.input_image import request_image; "
+                f"values = {{k: {case['values']!r}.get(k) for k in INPUT_ORDER}}; "
+                "engine.plan(build_request(**request_values(values, request_image(studio, values)[0])))")
 
 
 class Metadata(Target):
