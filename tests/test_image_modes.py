@@ -36,7 +36,8 @@ def quantised(image):
 @pytest.mark.parametrize("model", ["tiny", "tiny-sdxl"])
 @pytest.mark.parametrize("mode,extra", MODES, ids=[m + ("-" + e.get("inpaint_area", "")).rstrip("-") for m, e in MODES])
 def test_mode_repeats_and_each_image_regenerates_alone(engine, tiny_request, inputs, model, mode, extra):
-    plan = engine.plan(image_request(tiny_request, inputs, mode, model, **extra).model_copy(update={"batch": 2}))
+    plan = engine.plan(image_request(tiny_request, inputs, mode, model, **extra).model_copy(
+        update={"batch": 2, "steps": 4}))
     first, again = engine.run(plan), engine.run(plan)
     alone = engine.run(plan.for_image(1))
     w, h = plan.output_size

@@ -59,21 +59,30 @@ def test_dev_zero_is_refused_everywhere(capsys, tmp_path, argv):
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.parametrize("argv", [
+FIFO_COMMANDS = [
     GENERATE + ["--prompt-file", "{fifo}", "--out", "{tmp}/out"],
     ["preset", "import", "{fifo}", "--from", "fooocus", "--out", "{tmp}/p.json"],
     ["preset", "diff", "{fifo}"],
-])
-def test_a_fifo_is_refused_not_waited_on(tmp_path, argv):
+]
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    cmd = [sys.executable, "-m", "studio", *[a.format(fifo=fifo, tmp=tmp_path) for a in argv]]
-    # Nobody ever writes to the FIFO: a reader that opens it blocks until the timeout fails the test.
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().startswith("error: ") and "not a regular file" in done.stderr
-    assert "Traceback" not in done.stderr
+    # Real processes (a FIFO blocks the whole process that opens it), started side by side: each is mostly
+    # imports. Nobody ever writes to the FIFO: a reader that opens it blocks until the timeout fails the test.
+    procs = [subprocess.Popen([sys.executable, "-m", "studio", *[a.format(fifo=fifo, tmp=tmp_path) for a in argv]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}) for argv in FIFO_COMMANDS]
+    try:
+        for argv, proc in zip(FIFO_COMMANDS, procs):
+            _, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 2, (argv, stderr)
+            assert stderr.strip().startswith("error: ") and "not a regular file" in stderr, (argv, stderr)
+            assert "Traceback" not in stderr
+    finally:
+        for proc in procs:
+            proc.kill()
 
 
 def test_prompt_file_limits(capsys, tmp_path):

@@ -63,14 +63,30 @@ def test_torch_stages_in_order(config, tiny_request):
     assert stages == ["image 1 of 2", "decoding", "image 2 of 2", "decoding"]  # loaded already
 
 
-def test_openvino_first_run_exports_and_compiles_the_second_only_runs(fresh_cache, tmp_path, tiny_request):
-    engine = engine_on(fresh_cache(), tmp_path)
+def test_openvino_first_run_exports_a_stop_keeps_the_ir_then_runs_compile_once(fresh_cache, tmp_path, tiny_request):
+    """One export serves the whole story (an export is the slowest thing the suite does): a Stop pressed while
+    the first run exports ends it when the export is done, with the IR complete on disk; the next run loads it,
+    compiles and runs; the one after only runs."""
+    from studio.engine.engine import Stopped
+
+    cache = fresh_cache()
+    engine = engine_on(cache, tmp_path)
     plan = engine.plan(ov_request(tiny_request, steps=2))
     assert plan.compile.will_compile and plan.compile.reason == "first load"
-    stages, first = recorded(engine, plan)
-    assert stages == ["loading the model", "exporting the model to OpenVINO IR",
-                      "compiling UNet and VAE decoder for 64×64, 1 chunk (accuracy mode on CPU)",
+    stop = threading.Event()
+    stages, exc = recorded(engine, plan, stop=stop,
+                           on_stage=lambda name: stop.set() if name.startswith("exporting") else None)
+    assert isinstance(exc, Stopped), exc
+    assert str(exc) == ("stopped after exporting the model to OpenVINO IR (the exported IR is complete and stays "
+                        "cached on disk); nothing was saved")
+    assert stages == ["loading the model", "exporting the model to OpenVINO IR"]  # no compile began
+    irs = list((cache / "openvino" / "ir").iterdir())
+    assert len(irs) == 1 and (irs[0] / "model_index.json").is_file()  # complete, no temp folder beside it
+    assert not (tmp_path / "out").exists()
+    stages, first = recorded(engine, plan, stop=threading.Event())
+    assert stages == ["loading the model", "compiling UNet and VAE decoder for 64×64, 1 chunk (accuracy mode on CPU)",
                       "image 1 of 1", "decoding"], stages
+    assert "openvino: IR loaded from cache (no export)" in first.notes
     assert [e["kind"] for e in first.compile_events] == ["compile"]
     plan = engine.plan(ov_request(tiny_request, steps=2))
     assert not plan.compile.will_compile and plan.compile.reason == "cached: the variant the last run used"
@@ -82,28 +98,6 @@ def test_openvino_first_run_exports_and_compiles_the_second_only_runs(fresh_cach
     long = engine.plan(ov_request(tiny_request, steps=1, prompt=" ".join(["cat"] * 80)))
     stages, _ = recorded(engine, long)
     assert stages[0] == "compiling UNet and VAE decoder for 64×64, 2 chunks (accuracy mode on CPU)"
-
-
-def test_stop_during_export_ends_after_it_and_the_ir_stays(fresh_cache, tmp_path, tiny_request):
-    from studio.engine.engine import Stopped
-
-    cache = fresh_cache()
-    engine = engine_on(cache, tmp_path)
-    plan = engine.plan(ov_request(tiny_request, steps=1))
-    stop = threading.Event()
-    stages, exc = recorded(engine, plan, stop=stop,
-                           on_stage=lambda name: stop.set() if name.startswith("exporting") else None)
-    assert isinstance(exc, Stopped), exc
-    assert str(exc) == ("stopped after exporting the model to OpenVINO IR (the exported IR is complete and stays "
-                        "cached on disk); nothing was saved")
-    assert stages == ["loading the model", "exporting the model to OpenVINO IR"]  # no compile began
-    irs = list((cache / "openvino" / "ir").iterdir())
-    assert len(irs) == 1 and (irs[0] / "model_index.json").is_file()  # complete, no temp folder beside it
-    assert not (tmp_path / "out").exists()
-    stages, result = recorded(engine, plan, stop=threading.Event())
-    assert stages == ["loading the model", "compiling UNet and VAE decoder for 64×64, 1 chunk (accuracy mode on CPU)",
-                      "image 1 of 1", "decoding"]
-    assert "openvino: IR loaded from cache (no export)" in result.notes
 
 
 def test_stop_during_compile_ends_after_it_and_the_next_run_uses_it(engine, tiny_request, tmp_path):
