@@ -47,12 +47,13 @@ def main() -> int:
         out = ROOT / "docs"
         driver.save_screenshot(str(out / "app-advanced.png"))
         find(driver, "#advanced input").click()  # the Advanced column closed: the page as it opens
+        driver.execute_script("window.scrollTo(0, 0)")
         time.sleep(1)
         driver.save_screenshot(str(out / "app.png"))
         find(driver, "#input-switch input").click()  # the Input image panel, with the result sent into it
         find(driver, "#send-to-input").click()
         wait_text(driver, "#plan", "vary-subtle of input", timeout=60)
-        driver.execute_script("window.scrollBy(0, 420)")
+        driver.execute_script("document.querySelector('#prompt').scrollIntoView()")
         time.sleep(1)
         driver.save_screenshot(str(out / "app-input-image.png"))
     finally:
