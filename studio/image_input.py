@@ -11,14 +11,15 @@ Pure PIL + numpy: nothing here imports torch or diffusers.
 
 from __future__ import annotations
 
-import typing
-
 import hashlib
 import io
 import math
 import os
 import re
+import threading
+import typing
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -311,8 +312,14 @@ class InputStore:
     output folder's ``inputs/``), so a request, preset or image's metadata names an input by hash and
     never by path."""
 
+    HELD = 8  # inputs a plan preview may name before a run stores them (held in memory, newest kept)
+
     def __init__(self, root: Path):
         self.root = Path(root)
+        # The app previews a plan on every change, a stroke of the mask brush included: what it previews is held
+        # here, so only the inputs of runs (and of the CLI) become files.
+        self._held: "OrderedDict[str, Image.Image]" = OrderedDict()
+        self._lock = threading.Lock()
 
     def path(self, sha: str) -> Path:
         _check_sha(sha)
@@ -322,13 +329,28 @@ class InputStore:
         """Whether a file is stored under ``sha`` (its pixels are not checked: see get)."""
         return self.path(sha).is_file()
 
-    def put(self, image) -> str:
-        """Store an RGB image or an L mask (unless a valid copy is there already); its pixel_sha256."""
+    @staticmethod
+    def _storable(image) -> str:
         if not isinstance(image, Image.Image) or image.mode not in ("RGB", "L"):
             kind = image.mode if isinstance(image, Image.Image) else type(image).__name__
             raise StudioError(f"only an RGB image or an L mask goes in the inputs store, not {kind}")
         _check_size(image.size, "input image")
-        sha = pixel_sha256(image)
+        return pixel_sha256(image)
+
+    def hold(self, image) -> str:
+        """Keep an RGB image or an L mask in memory only, named by its pixel_sha256 (which it returns): get()
+        finds it, nothing is written. The HELD most recent are kept."""
+        sha = self._storable(image)
+        with self._lock:
+            self._held[sha] = Image.frombytes(image.mode, image.size, image.tobytes())
+            self._held.move_to_end(sha)
+            while len(self._held) > self.HELD:
+                self._held.popitem(last=False)
+        return sha
+
+    def put(self, image) -> str:
+        """Store an RGB image or an L mask (unless a valid copy is there already); its pixel_sha256."""
+        sha = self._storable(image)
         if self.path(sha).exists():
             try:
                 self.get(sha)
@@ -347,6 +369,10 @@ class InputStore:
         label = f"input image {sha[:12]}"
         where = f"the inputs store ({self.root.name}/)"
         if not path.exists():
+            with self._lock:
+                held = self._held.get(sha)
+            if held is not None:
+                return held.copy()
             raise StudioError(f"{label} is not in {where}: {_AGAIN}")
         try:
             image = _decode(read_bounded(path, MAX_INPUT_FILE_BYTES, label), label, formats=("PNG",))

@@ -132,22 +132,24 @@ class Studio:
         """The inputs store (the output folder's inputs/): input images and masks by pixel hash."""
         return self.engine.inputs
 
-    def put_input(self, source, what: str = "input image") -> tuple[str, list[str]]:
+    def put_input(self, source, what: str = "input image", keep: bool = True) -> tuple[str, list[str]]:
         """Read an input image (a file, bytes, a PIL image or an array; image_input.read_image) and store it:
-        its pixel sha256 and a note for every conversion made. A file that is refused writes nothing."""
+        its pixel sha256 and a note for every conversion made. A file that is refused writes nothing. Without
+        ``keep`` (a plan preview) it is only held in memory (InputStore.hold)."""
         from studio.image_input import read_image
 
         image, notes = read_image(source, what)
-        return self.engine.inputs.put(image), notes
+        store = self.engine.inputs
+        return (store.put if keep else store.hold)(image), notes
 
-    def put_mask(self, source, image_sha: str, what: str = "mask") -> tuple[str, list[str]]:
+    def put_mask(self, source, image_sha: str, what: str = "mask", keep: bool = True) -> tuple[str, list[str]]:
         """Read a mask at the size of the stored input ``image_sha`` (a mask of another size is resized, and a
-        note says so) and store it: its sha256 and the notes."""
+        note says so) and store it (or, without ``keep``, hold it): its sha256 and the notes."""
         from studio.image_input import read_mask
 
-        size = self.engine.inputs.get(image_sha).size
-        mask, notes = read_mask(source, size, what)
-        return self.engine.inputs.put(mask), notes
+        store = self.engine.inputs
+        mask, notes = read_mask(source, store.get(image_sha).size, what)
+        return (store.put if keep else store.hold)(mask), notes
 
     def locate_inputs(self, image, folders: Sequence[Path] = (), whose: str = "the request's") \
             -> tuple[list[str], list[str]]:

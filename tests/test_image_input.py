@@ -503,3 +503,13 @@ def test_the_module_imports_neither_torch_nor_diffusers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_held_inputs_are_found_but_never_written(tmp_path):
+    store = InputStore(tmp_path / "inputs")
+    shas = [store.hold(Image.new("L", (8, 8), v)) for v in range(store.HELD + 1)]
+    assert not (tmp_path / "inputs").exists()
+    assert store.get(shas[-1]).getpixel((0, 0)) == store.HELD
+    with pytest.raises(StudioError, match="not in the inputs store"):
+        store.get(shas[0])  # only the newest HELD are kept
+    assert store.put(Image.new("L", (8, 8), 1)) == shas[1] and store.has(shas[1])

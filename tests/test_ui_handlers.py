@@ -160,7 +160,11 @@ def test_the_input_image_panel_makes_the_request_image_and_back(tmp_path):
     layer[10:20, 30:40] = 255
     Image.fromarray(layer, "RGBA").save(tmp_path / "layer.png")
     editor["layers"] = [str(tmp_path / "layer.png")]
+    # A plan preview (every brush stroke makes one) holds its inputs in memory: planning finds them, no file.
+    held, _ = request_image(studio, base, keep=False)
+    assert store.get(held["mask_sha256"]).size == (64, 48) and not store.has(held["mask_sha256"])
     image, _ = request_image(studio, base)
+    assert image == held and store.has(image["mask_sha256"])  # Generate stores them
     mask = np.asarray(store.get(image["mask_sha256"]))
     assert mask[10:20, 30:40].min() == 255 and mask.sum() == 255 * 100
     with pytest.raises(StudioError, match="at least one direction"):

@@ -171,7 +171,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     @handler(lambda e: (e, "", gr.update()))
     def preview_and_cache(values):
         """The plan of the current settings, before Generate, and the compile cache's view of it."""
-        request, notes = page.settings(values)
+        request, notes = page.settings(values, keep=False)  # a preview: its inputs are held, not written
         plan = studio.plan(request)
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None

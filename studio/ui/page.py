@@ -97,13 +97,13 @@ class Page:
     def later(self, wire) -> None:
         self.wiring.append(wire)
 
-    def settings(self, values: dict):
-        """The GenerationRequest of the page's values (its input image and mask put into the inputs store) and
-        notes on what reading them converted."""
+    def settings(self, values: dict, keep: bool = True):
+        """The GenerationRequest of the page's values (its input image and mask put into the inputs store, or
+        for a plan preview (``keep`` False) only held in memory) and notes on what reading them converted."""
         from studio.settings import build_request
         from studio.ui.tabs.input_image import request_image
 
-        image, notes = request_image(self.studio, values)
+        image, notes = request_image(self.studio, values, keep)
         return build_request(**request_values(values, image)), notes
 
     @property

@@ -46,9 +46,10 @@ def _painted_mask(editor: dict, size: tuple[int, int]):
     return Image.fromarray(union, "L")
 
 
-def request_image(studio, values: dict) -> tuple[Optional[dict], list[str]]:
-    """The request's ``image`` from the panel's values (its files put into the inputs store through the service),
-    and notes on what was converted; (None, []) when the panel is off."""
+def request_image(studio, values: dict, keep: bool = True) -> tuple[Optional[dict], list[str]]:
+    """The request's ``image`` from the panel's values (its files put into the inputs store through the service;
+    without ``keep``, for a plan preview, only held in memory), and notes on what was converted; (None, [])
+    when the panel is off."""
     if not values.get("input_image"):
         return None, []
     mode = values.get("image_mode") or UOV_MODES[0]
@@ -59,14 +60,14 @@ def request_image(studio, values: dict) -> tuple[Optional[dict], list[str]]:
         if source is None:
             raise StudioError(f"Input image is on with {MODE_LABELS.get(mode, mode)}: drop an image into Upscale or "
                               "Variation (or turn Input image off)")
-        sha, notes = studio.put_input(source)
+        sha, notes = studio.put_input(source, keep=keep)
         return {**settings, "sha256": sha}, notes
     editor = values.get("inpaint_image") if isinstance(values.get("inpaint_image"), dict) else {}
     source = _path(editor.get("background"))
     if source is None:
         raise StudioError(f"Input image is on with {MODE_LABELS[mode]}: drop an image into Inpaint or Outpaint "
                           "(or turn Input image off)")
-    sha, notes = studio.put_input(source)
+    sha, notes = studio.put_input(source, keep=keep)
     request = {**settings, "sha256": sha}
     if mode == "outpaint":
         sides = [s for s in values.get("outpaint_sides") or [] if s in SIDES]
@@ -80,7 +81,7 @@ def request_image(studio, values: dict) -> tuple[Optional[dict], list[str]]:
         if mask is None:
             raise StudioError("Inpaint: paint the area to repaint on the image (white = repaint), or give a mask "
                               "file")
-    mask_sha, mask_notes = studio.put_mask(mask, sha)
+    mask_sha, mask_notes = studio.put_mask(mask, sha, keep=keep)
     return {**request, "mask_sha256": mask_sha}, notes + mask_notes
 
 
