@@ -58,8 +58,9 @@ def request_image(studio, values: dict, keep: bool = True) -> tuple[Optional[dic
     if mode not in MASK_MODES:
         source = _path(values.get("uov_image"))
         if source is None:
-            raise StudioError(f"Input image is on with {MODE_LABELS.get(mode, mode)}: drop an image into Upscale or "
-                              "Variation (or turn Input image off)")
+            label = MODE_LABELS.get(mode, mode) if isinstance(mode, str) else str(mode)  # an API value may be odd
+            raise StudioError(f"Input image is on with {label[:60]}: drop an image into Upscale or Variation (or "
+                              "turn Input image off)")
         sha, notes = studio.put_input(source, keep=keep)
         return {**settings, "sha256": sha}, notes
     editor = values.get("inpaint_image") if isinstance(values.get("inpaint_image"), dict) else {}
