@@ -237,6 +237,8 @@ def test_stop_mid_run_writes_nothing_and_the_next_run_works(page, config):
     wait_text(page, "#status", "step", timeout=GENERATE_WAIT_S)
     print(f"[stop] the page showed the first step {time.monotonic() - started:.1f} s after Generate")
     find(page, "#stop").click()
+    # The page says at once that the click landed; the job stops at its next step (seconds at 256 px).
+    wait_text(page, "#status", "stopping after the step in progress")
     error = wait_text(page, "#error", "stopped", timeout=GENERATE_WAIT_S)
     assert "nothing was saved" in error
     assert saved_pngs(config) == before

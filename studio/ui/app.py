@@ -108,6 +108,19 @@ def default_size(studio, name: str) -> int:
         return 512
 
 
+class Switch:
+    """The Stop or Skip of one session's running job: pressed from another request, and said on the page at
+    once (the job itself only sees it at its next step, seconds later on a large image)."""
+
+    def __init__(self, said: str):
+        self.event, self.said, self.run = threading.Event(), said, None
+
+    def press(self) -> None:
+        self.event.set()
+        if self.run is not None:
+            self.run.events.put(("stage", self.said))
+
+
 class Run:
     """One streamed run: the service's job in a worker thread, its events read by the page's generator."""
 
@@ -154,8 +167,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     model = model and studio.registry.name_from_flag(model)  # the operator's --model may be a path
     journal = JobJournal(config.output_dir / ".studio")
     lost = journal.take_lost()
-    stops: dict[str, threading.Event] = {}  # the Stop switch of each browser session's running job
-    skips: dict[str, threading.Event] = {}
+    stops: dict[str, Switch] = {}  # the Stop switch of each browser session's running job
+    skips: dict[str, Switch] = {}
     page = Page(studio=studio, init=start_values(studio, model, preset))
     page.parts["default_size"] = lambda name: default_size(studio, name)
     page.parts["copies"] = lambda: copies  # made with the Blocks (it needs their cache folder)
@@ -207,8 +220,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         an API caller reads."""
         keep = gr.update()
         session = getattr(request, "session_hash", None) or ""
-        stop = stops[session] = threading.Event()
-        skip = skips[session] = threading.Event()
+        stop = stops[session] = Switch("stopping after the step in progress")
+        skip = skips[session] = Switch("skipping this image after the step in progress")
         try:
             try:
                 settings, _ = page.settings(values)
@@ -228,11 +241,12 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
 
             def work(run):
                 return studio.run_job(
-                    plan, on_step=lambda done, total: run.events.put(("step", done, total)), stop=stop,
-                    skip=skip, on_stage=lambda name: run.events.put(("stage", name)),
+                    plan, on_step=lambda done, total: run.events.put(("step", done, total)), stop=stop.event,
+                    skip=skip.event, on_stage=lambda name: run.events.put(("stage", name)),
                     on_preview=(lambda i, step, image: run.events.put(("preview", i, image))) if live else None,
                     preview_every=PREVIEW_EVERY if live else 0)
 
+            stop.run = skip.run = run
             run.start(work)
             stage, step = "waiting for the device", ""
             for batch in run.stream():
@@ -281,13 +295,13 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         """Stop this browser session's running job after its current step (other sessions' jobs go on)."""
         stop = stops.get(getattr(request, "session_hash", None) or "")
         if stop is not None:
-            stop.set()
+            stop.press()
 
     def skip_image(request: gr.Request = None):
         """Drop the image in progress of this session's batch and go on with the next one."""
         skip = skips.get(getattr(request, "session_hash", None) or "")
         if skip is not None:
-            skip.set()
+            skip.press()
 
     @handler(lambda e: (gr.update(), gr.update(), gr.update(), e))
     def send_to_input(images, index, mode):
