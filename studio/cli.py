@@ -679,10 +679,6 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("generate", "plan", "verify", "preset"):
-            from studio.runtime import quiet_libraries
-
-            quiet_libraries()
         output = COMMANDS[args.command](args)
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

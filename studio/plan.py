@@ -89,6 +89,19 @@ class CompilePlan(_Frozen):
     evicts: Optional[str] = None  # the variant the LRU will drop to make room
 
 
+class AppliedLora(_Frozen):
+    """A LoRA as the run applies it (adapters/loras.py): the file found here, its hashes, its weight."""
+
+    name: str  # as asked (a slot's name, or the prompt tag's)
+    file: str  # the file used on this machine (found by hash when the name differs)
+    sha256: str
+    short_hash: str  # A1111's 12-hex hash, as `Lora hashes` writes it
+    weight: float
+    source: str  # "request" (a slot), "prompt" (a <lora:…> tag) or "performance" (a speed mode's LoRA)
+    format: str  # "kohya" or "diffusers"
+    notes: list[str] = []  # found by hash under another name; keys not applied
+
+
 class ImagePlan(_Frozen):
     """What an image-input run does with its input, resolved before it runs (engine/image_modes.py)."""
 
@@ -141,6 +154,7 @@ class Plan(_Frozen):
     risks: list[Risk]
     compile: Optional[CompilePlan] = None
     image: Optional[ImagePlan] = None  # image input: None for text to image
+    loras: list[AppliedLora] = []  # in the order applied
 
     @property
     def steps_run(self) -> int:

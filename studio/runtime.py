@@ -21,8 +21,18 @@ def prepare_process() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="diffusers")
 
 
+_quieted = False
+
+
 def quiet_libraries() -> None:
-    """Silence library chatter (loading bars, advice to install extras) that is not the user's business."""
+    """Silence library chatter (loading bars, advice to install extras) that is not the user's business.
+
+    Called where models are loaded, not at start: importing diffusers takes seconds, and a command that
+    fails on its arguments should say so at once."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
     import diffusers
     import transformers
 

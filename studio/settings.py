@@ -117,6 +117,24 @@ class ImageInput(_Strict):
         return self
 
 
+class LoraUse(_Strict):
+    """A LoRA applied to the model: its file's name in the LoRA folder, its weight, and (recorded by every
+    plan, preset and image) its sha256, by which another machine finds it under any name."""
+
+    name: str = Field(description="the file's name in loras/ without .safetensors")
+    weight: float = Field(default=1.0, ge=-10.0, le=10.0, allow_inf_nan=False)
+    sha256: Optional[str] = Field(default=None, pattern=r"^([0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64})$",
+                                  description="the file's sha256 (or A1111's 10/12-hex short hash, from an image)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return _as_name(v, "LoRA")
+
+
+MAX_LORAS = 10
+
+
 class GenerationRequest(_Strict):
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
@@ -150,6 +168,9 @@ class GenerationRequest(_Strict):
     chunk_policy: str = "exact"
     image: Optional[ImageInput] = Field(default=None, description="image input (vary, upscale, inpaint, "
                                                                   "outpaint); None: text to image")
+    loras: list[LoraUse] = Field(default_factory=list, max_length=MAX_LORAS,
+                                 description="LoRAs with their weights (Fooocus's slots); <lora:name:w> tags in "
+                                             "the prompt add to these")
 
     @field_validator("sampler")
     @classmethod
@@ -219,17 +240,29 @@ class AppConfig(_Strict):
     output_dir: Path = Path("outputs")
     cache_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/studio")))
     styles_dir: Optional[Path] = Field(default=None, description="a folder of Fooocus-format style files")
+    loras_dir: Optional[Path] = Field(default=None, description="LoRA files (default: the models folder's loras/)")
+    embeddings_dir: Optional[Path] = Field(default=None, description="textual-inversion embeddings (default: the "
+                                                                     "models folder's embeddings/)")
     allow_unsafe_pickle: bool = False
     # How many compiled variants (signatures) a compiling backend keeps in memory. A property of this
     # process, not of an image: it never changes pixels, so it lives here and not in requests or presets.
     compile_cache_size: int = Field(default=3, ge=1, le=64)
+
+    @property
+    def lora_folder(self) -> Path:
+        return self.loras_dir if self.loras_dir is not None else self.models_dir / "loras"
+
+    @property
+    def embedding_folder(self) -> Path:
+        return self.embeddings_dir if self.embeddings_dir is not None else self.models_dir / "embeddings"
 
     @classmethod
     def from_env(cls, **overrides) -> "AppConfig":
         """Defaults, then STUDIO_* environment variables, then explicit overrides (None = unset)."""
         values: dict = {}
         for field, env in (("models_dir", "STUDIO_MODELS_DIR"), ("output_dir", "STUDIO_OUTPUT_DIR"),
-                           ("cache_dir", "STUDIO_CACHE_DIR"), ("styles_dir", "STUDIO_STYLES_DIR")):
+                           ("cache_dir", "STUDIO_CACHE_DIR"), ("styles_dir", "STUDIO_STYLES_DIR"),
+                           ("loras_dir", "STUDIO_LORAS_DIR"), ("embeddings_dir", "STUDIO_EMBEDDINGS_DIR")):
             if os.environ.get(env):
                 values[field] = Path(os.environ[env])
         values.update({k: v for k, v in overrides.items() if v is not None})

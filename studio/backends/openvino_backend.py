@@ -39,6 +39,7 @@ from studio.fsutil import atomic_dir
 from studio.repro.environment import cpu_info
 from studio.prompts.encode import encode
 from studio.settings import GenerationRequest
+from studio.runtime import quiet_libraries
 
 # An ImagePlan's method (None: text to image) → the task its signature compiles for (compile_manager.TASKS).
 TASK_OF_METHOD = {None: TEXT_TO_IMAGE, METHODS["img2img"]: "image to image",
@@ -230,6 +231,7 @@ class OpenVINOBackend:
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
         self._loaded = None
+        quiet_libraries()
         from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
 
         cls = OVStableDiffusionXLPipeline if plan.model.family == "sdxl" else OVStableDiffusionPipeline
@@ -420,7 +422,9 @@ class OpenVINOBackend:
                 f"({sig.mode} mode on {sig.device})")
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
-                 hooks: Optional[RunHooks] = None, inputs=None):
+                 hooks: Optional[RunHooks] = None, inputs=None, loras=None):
+        if plan.loras:
+            raise StudioError("LoRAs run on the torch backend for now; use --backend torch")
         hooks = as_hooks(on_step, hooks)
         loaded = self._load(plan, load_pipeline, hooks)
         request = plan.request

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, Optional
 
+from studio.adapters.loras import apply_to_pipeline
 from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
                                   non_finite)
 from studio.backends.image_inputs import encode_image, image_kwargs, watch_noise
@@ -93,7 +94,9 @@ class TorchBackend:
     def _conditioning(self, pipe, plan: Plan):
         """The encoded prompt pair, reused across the images of a batch."""
         p = plan.prompt
-        key = (self._key(plan), p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip, plan.request.comma_backtrack)
+        loras = tuple((lora.sha256, lora.weight) for lora in plan.loras)  # a LoRA may change the text encoder
+        key = (self._key(plan), loras, p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip,
+               plan.request.comma_backtrack)
         if self._last_conditioning is None or self._last_conditioning[0] != key:
             cond = encode(pipe, p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip,
                           plan.request.comma_backtrack)
@@ -127,11 +130,14 @@ class TorchBackend:
         return self._mode_pipes[key], task
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
-                 hooks: Optional[RunHooks] = None, inputs=None):
+                 hooks: Optional[RunHooks] = None, inputs=None, loras=None):
         import sys
 
         hooks = as_hooks(on_step, hooks)
         pipe = self._pipeline(plan, load_pipeline)
+        # Always: a run without LoRAs takes off those an earlier run left on the cached pipeline. The plan
+        # refused pickles unless they were allowed, so its paths load as they are.
+        apply_to_pipeline(pipe, plan.loras, loras or {}, allow_unsafe_pickle=True)
         task_kwargs = {}
         if plan.image is not None:
             pipe, task = self._task_pipeline(plan, pipe)

@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from studio import __version__
+from studio.adapters.loras import LoraLibrary
 from studio.backends.base import Backend, ImageSkipped, RunHooks, StepCallback
 from studio.engine import determinism, noise
 from studio.plan import AppliedStyle, ModelInfo, NoisePlan, Plan, PromptPlan
@@ -18,8 +19,9 @@ from studio.errors import StudioError
 from studio.models.registry import ModelRegistry, ModelSource, architecture, short_hash
 from studio.models.tokenizer import clip_tokenizer
 from studio.prompts.chunking import MAX_PROMPT_CHARS, check_length, count_tokens
+from studio.prompts.extra_networks import take_lora_tags
 from studio.repro import risks
-from studio.settings import AppConfig, GenerationRequest
+from studio.settings import AppConfig, GenerationRequest, LoraUse
 from studio.styles import StyleLibrary, apply_styles, load_library
 from studio.engine import image_modes
 from studio.image_input import INPUTS_FOLDER, InputStore
@@ -113,6 +115,7 @@ class Engine:
         self.styles: StyleLibrary = load_library(config.styles_dir)
         # Input images and masks by pixel hash (image_input.py): requests name them, never point at files.
         self.inputs = InputStore(config.output_dir / INPUTS_FOLDER)
+        self.loras = LoraLibrary(config)
         # One run at a time: backends keep mutable state (the pipeline's scheduler, cached conditioning,
         # compiled variants) that two runs side by side would tear, and determinism flags are process-wide.
         # Plans need no lock: planning only reads.
@@ -172,8 +175,11 @@ class Engine:
         _, device_alias = split_alias(request.sampler)
         noise_source = "device" if device_alias else request.noise_source
         generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
-        # 4. prompt: expansion is seeded by each image's seed
-        prompt = self._prompt_plan(request, seeds)
+        # 4. prompt: expansion is seeded by each image's seed; <lora:…> tags come out of the text first
+        prompt, tags = self._prompt_plan(request, seeds)
+        loras = self.loras.resolve([(use, "request") for use in request.loras]
+                                   + [(LoraUse(name=n, weight=w), "prompt") for n, w in tags],
+                                   arch["cross_attention_dim"], source.family)
         if prompt.expansion is not None:
             # Written into the plan's request, so a replay of this plan uses the texts verbatim.
             texts = prompt.per_image if prompt.per_image is not None else prompt.prompt_final
@@ -190,6 +196,7 @@ class Engine:
             noise=noise_plan,
             model=model, backend=resolved, prompt=prompt, determinism=determinism.settings(request.deterministic),
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan, image=image_plan,
+            loras=loras,
         )
 
     def reload_styles(self) -> StyleLibrary:
@@ -226,7 +233,8 @@ class Engine:
         return [r.text for r in results], {"expander": results[0].expander, "seeds": seeds,
                                            "added": [list(r.added) for r in results], "replayed": False}
 
-    def _prompt_plan(self, request: GenerationRequest, seeds: list[int]) -> PromptPlan:
+    def _prompt_plan(self, request: GenerationRequest, seeds: list[int]) -> tuple[PromptPlan, list]:
+        """The prompt's plan, and the ``<lora:name:weight>`` tags taken out of it."""
         tok = self.tokenizer()
         # Styles first: expansion, the token counter, chunking and the compile prediction all see the styled text.
         styles = self.styles.resolve(request.styles)
@@ -235,6 +243,11 @@ class Engine:
             if len(text) > MAX_PROMPT_CHARS:
                 raise StudioError(f"the {what} with its styles is {len(text)} characters; the most is "
                                   f"{MAX_PROMPT_CHARS}: pick fewer styles or shorten it")
+        styled, tags = take_lora_tags(styled)
+        negative, negative_tags = take_lora_tags(negative)
+        if negative_tags:
+            raise StudioError(f"<lora:{negative_tags[0][0]}:…> is in the negative prompt: a LoRA applies to the "
+                              "whole image, so put its tag in the prompt (or pick it in a LoRA slot)")
         finals, expansion_info = self._expand(request, seeds, styled)
         # Every image is encoded with the same chunk count (the longest text's), so a batch whose
         # expanded texts differ in length still runs on one compiled variant.
@@ -250,7 +263,7 @@ class Engine:
                           negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded),
                           expansion=expansion_info, per_image=finals if len(set(finals)) > 1 else None,
                           styles=[AppliedStyle(**s.record()) for s in styles],
-                          prompt_styled=styled if styles else None)
+                          prompt_styled=styled if styles else None), tags
 
     def with_current_compile(self, plan: Plan) -> Plan:
         """``plan`` with its compile prediction made again now (jobs run since it was planned change it)."""
@@ -327,6 +340,8 @@ class Engine:
             # The pipeline adds the noise to the encoded image itself: it draws it from generators in the
             # state the noise above was drawn from, so it is the same draw (and the fingerprint holds).
             generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
+        # Found again by hash: the folder may have changed since the plan was made.
+        lora_paths = {lora.sha256: self.loras.path(lora) for lora in plan.loras}
         load_s = 0.0
 
         def load():
@@ -361,6 +376,8 @@ class Engine:
                              sampling=lambda i=i: stages.begin(f"image {i + 1} of {count}"), step=step,
                              latents=self._previewer(plan, i, on_preview, preview_every, preview_failed))
             extra = {"inputs": inputs} if inputs is not None else {}
+            if plan.loras:
+                extra["loras"] = lora_paths
             out = backend.generate(plan.for_image(i), load, latents[i: i + 1], [generator], hooks=hooks, **extra)
             outputs.append(out)
             # A Skip pressed while the image decoded drops it too: it was the image in progress.

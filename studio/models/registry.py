@@ -12,6 +12,7 @@ from typing import Literal
 
 from studio.errors import StudioError
 from studio.fsutil import atomic_write_bytes
+from studio.runtime import quiet_libraries
 from studio.untrusted import check_name, is_plain_name
 from studio.models import demo, families
 
@@ -145,13 +146,13 @@ class ModelRegistry:
         before = dict(cache)
         try:
             if source.path.is_file():
-                digest = _file_sha256(source.path, cache)
+                digest = file_sha256(source.path, cache)
             else:
                 # A folder's hash covers every file (configs decide the architecture, weights the values).
                 h = hashlib.sha256()
                 for f in sorted(p for p in source.path.rglob("*") if p.is_file()):
                     h.update(f.relative_to(source.path).as_posix().encode() + b"\0")
-                    h.update(_file_sha256(f, cache).encode() + b"\n")
+                    h.update(file_sha256(f, cache).encode() + b"\n")
                 digest = h.hexdigest()
         except OSError as exc:
             # Deleted or made unreadable between listing and reading (another program is changing it).
@@ -167,6 +168,7 @@ class ModelRegistry:
 
     def ensure_built(self, source: ModelSource) -> None:
         if not self.is_built(source):
+            quiet_libraries()
             demo.build(source.name, source.path, self.cache_dir)
 
     def load(self, source: ModelSource):
@@ -176,6 +178,7 @@ class ModelRegistry:
         address only 8-byte aligned, and CPU matmul kernels then round differently (~5e-7 seen with
         bit-identical weights), so the image would depend on the file's layout, not only its values.
         """
+        quiet_libraries()
         return _own_memory(self._load(source))
 
     def _load(self, source: ModelSource):
@@ -236,7 +239,7 @@ def _own_memory(pipe):
     return pipe
 
 
-def _file_sha256(path: Path, cache: dict) -> str:
+def file_sha256(path: Path, cache: dict) -> str:
     """Full sha256 of a file, reused from ``cache`` while its size and mtime are unchanged."""
     st = path.stat()
     key = str(path.resolve())
@@ -324,7 +327,13 @@ def architecture(source: ModelSource, cache_dir: Path) -> dict:
             "latent_channels": int(vae.get("latent_channels", unet.get("out_channels", 4))),
             # 9 for an inpainting checkpoint: latents + mask + the masked image's latents
             "unet_in_channels": int(unet["in_channels"]),
+            # what a LoRA's cross-attention layers must take: tells an SDXL LoRA from an SD1 or SD2 one
+            "cross_attention_dim": _cross_attention_dim(unet.get("cross_attention_dim", 768)),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise StudioError(f"{source.name}: the unet/vae config lacks a usable {exc!s:.40} entry; "
                           "copy the model folder again") from None
+
+
+def _cross_attention_dim(value) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)

@@ -15,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from studio.errors import StudioError
+from studio.prompts.extra_networks import strip_tags
 from studio.prompts.attention import is_break, parse
 
 CHUNK = 75
@@ -54,8 +55,10 @@ def _comma_id(tokenizer) -> int:
 
 
 def chunk_prompt(text: str, tokenizer, comma_backtrack: int = COMMA_BACKTRACK) -> tuple[list[Chunk], int]:
-    """The prompt's chunks and A1111's token count (every chunk but the last counts as full)."""
+    """The prompt's chunks and A1111's token count (every chunk but the last counts as full). Extra-network
+    tags (``<lora:…>``) are not words: they are taken out first, as A1111 does."""
     check_unicode(text)
+    text = strip_tags(text)
     comma = _comma_id(tokenizer)
     chunks: list[Chunk] = []
     current = Chunk()
