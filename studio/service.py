@@ -104,11 +104,45 @@ class Studio:
         known, _ = split_known(preset.request.styles, self.engine.styles)
         request = preset.request.model_copy(update={"model": model, "styles": known})
         stored, missing = self.locate_inputs(request.image, folders, "the preset's")
-        plan = self.engine.plan(request if not missing else request.model_copy(update={"image": None}))
+        plannable, lost_loras = self.without_missing_loras(request)
+        plan = self.engine.plan(plannable if not missing else plannable.model_copy(update={"image": None}))
         report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
+        report = _with_missing_loras(report, lost_loras, "the preset's")
         return OpenedSettings(request=request, plan=plan,
                               report=_with_missing_inputs(report, request.image, missing, "the preset's"),
                               notes=list(notes) + found + stored)
+
+    def without_missing_loras(self, request: GenerationRequest):
+        """``request`` without the LoRAs (slots and prompt tags) this machine has under neither their name nor
+        their hash, and those missing as (name, hash, "slot" or "prompt tag"): opened settings are compared
+        without them, and the report says what to copy."""
+        from studio.prompts.extra_networks import TAG, take_lora_tags
+
+        folder = self.engine.loras.files
+
+        def here(name: str, sha: Optional[str]) -> bool:
+            try:
+                folder.find(name, sha)
+                return True
+            except StudioError:
+                return False
+
+        missing = [(u.name, u.sha256, "slot") for u in request.loras if not here(u.name, u.sha256)]
+        try:
+            _, tags = take_lora_tags(request.prompt)
+        except StudioError:
+            tags = []  # a bad tag is the plan's error to say
+        gone = {n for n, _ in tags if not here(n, request.lora_hashes.get(n))}
+        missing += [(n, request.lora_hashes.get(n), "prompt tag") for n in dict.fromkeys(n for n, _ in tags)
+                    if n in gone]
+        if not missing:
+            return request, []
+
+        def drop(match):
+            return "" if match.group(2).split(":")[0].strip() in gone else match.group(0)
+
+        kept = [u for u in request.loras if here(u.name, u.sha256)]
+        return request.model_copy(update={"loras": kept, "prompt": TAG.sub(drop, request.prompt)}), missing
 
     def make_preset(self, request: GenerationRequest, name: str):
         """The settings, planned here, as a Preset (with the plan and made_on) ready to save or share."""
@@ -223,7 +257,8 @@ class Studio:
         request = preset.request.model_copy(update={"model": located, "styles": known})
         stored, missing = self.locate_inputs(request.image, [Path(path).parent] if folders is None else folders,
                                              "the image's")
-        plan = self.engine.plan(request if not missing else request.model_copy(update={"image": None}))
+        plannable, lost_loras = self.without_missing_loras(request)
+        plan = self.engine.plan(plannable if not missing else plannable.model_copy(update={"image": None}))
         if info["source"] == "studio":
             from studio.repro import diff, environment
 
@@ -232,6 +267,7 @@ class Studio:
             report = {"expected": "different", "differences": []}
             notes.append(f"read from {info['source']} metadata: studio can match its settings, not its pixels "
                          "(another program's sampler and noise code)")
+        report = _with_missing_loras(report, lost_loras, "the image's")
         return OpenedSettings(request=request, plan=plan,
                               report=_with_missing_inputs(report, request.image, missing, "the image's"),
                               notes=notes + found + stored)
@@ -255,6 +291,21 @@ def missing_input_line(what: str, sha: str, whose: str = "the request's") -> str
     """The one line said when an input image or mask is not in this machine's inputs store: its hash and the fix."""
     flag = "--mask" if what == "mask" else "--image"
     return f"{whose} {what} {sha[:12]} is not in this machine's inputs store: give it with {flag} FILE"
+
+
+def _with_missing_loras(report: dict, missing: list[tuple[str, Optional[str], str]], whose: str) -> dict:
+    """``report`` with a difference for each LoRA the settings use that is not here (by name or hash)."""
+    if not missing:
+        return report
+    differences = list(report.get("differences") or [])
+    for name, sha, source in missing:
+        digest = f" (sha256 {sha[:12]})" if sha else ""
+        differences.append({"field": f"loras.{name}", "preset": f"{name}{digest}", "here": "not here",
+                            "effect": "different",
+                            "fix": f"copy {whose} LoRA {name}{digest} into the LoRA folder (--loras-dir); any file "
+                                   "name will do, it is found by its hash"})
+    return {**report, "expected": "different", "differences": differences,
+            "missing_loras": [f"LoRA {name} ({source}) is not here" for name, _, source in missing]}
 
 
 def _with_missing_inputs(report: dict, image, missing: list[tuple[str, str]], whose: str) -> dict:

@@ -171,6 +171,10 @@ class GenerationRequest(_Strict):
     loras: list[LoraUse] = Field(default_factory=list, max_length=MAX_LORAS,
                                  description="LoRAs with their weights (Fooocus's slots); <lora:name:w> tags in "
                                              "the prompt add to these")
+    lora_hashes: dict[str, str] = Field(default_factory=dict, max_length=MAX_LORAS,
+                                        description="the sha256 (or A1111's short hash) of each <lora:name:w> tag's "
+                                                    "file by name, recorded by the plan (A1111's Lora hashes), so "
+                                                    "another machine finds it under any name")
 
     @field_validator("sampler")
     @classmethod
@@ -219,6 +223,16 @@ class GenerationRequest(_Strict):
     def _chunk_policy(cls, v: str) -> str:
         if v != "exact" and not re.fullmatch(r"pad:([1-9]|1[0-9]|20)", v):
             raise ValueError("use 'exact' or 'pad:N' with N from 1 to 20")
+        return v
+
+    @field_validator("lora_hashes")
+    @classmethod
+    def _lora_hashes(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, sha in v.items():
+            _as_name(name, "LoRA")
+            if not re.fullmatch(r"[0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64}", sha):
+                raise ValueError(f"LoRA {name[:60]!r}: {sha[:70]!r} is not a sha256 (64 hex) or a short hash (10 or "
+                                 "12 hex)")
         return v
 
     @model_validator(mode="after")

@@ -82,14 +82,14 @@ class LoraLibrary:
             fmt, notes = "pickle", [note] if note else []
         else:
             info = inspect(file.path)
+            if info.text_encoder_2 and family != "sdxl":
+                raise StudioError(f"LoRA {file.path.name} has layers for SDXL's second text encoder; this model is "
+                                  f"{family}: pick a LoRA made for it")
             if info.cross_attention_dim is not None and info.cross_attention_dim != model_width:
                 theirs = FAMILY_WIDTH.get(info.cross_attention_dim, f"cross-attention width {info.cross_attention_dim}")
                 ours = FAMILY_WIDTH.get(model_width, f"cross-attention width {model_width}")
                 raise StudioError(f"LoRA {file.path.name} is for {theirs} models; this model ({family}) is {ours}: "
                                   "pick a LoRA made for this model's family")
-            if info.text_encoder_2 and family != "sdxl":
-                raise StudioError(f"LoRA {file.path.name} has layers for SDXL's second text encoder; this model is "
-                                  f"{family}: pick a LoRA made for it")
             fmt, notes = info.format, [note] if note else []
             if info.unknown:
                 notes.append(f"LoRA {file.path.name}: {len(info.unknown)} key(s) of no known layout are not applied "

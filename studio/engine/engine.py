@@ -178,8 +178,13 @@ class Engine:
         # 4. prompt: expansion is seeded by each image's seed; <lora:…> tags come out of the text first
         prompt, tags = self._prompt_plan(request, seeds)
         loras = self.loras.resolve([(use, "request") for use in request.loras]
-                                   + [(LoraUse(name=n, weight=w), "prompt") for n, w in tags],
-                                   arch["cross_attention_dim"], source.family)
+                                   + [(LoraUse(name=n, weight=w, sha256=request.lora_hashes.get(n)), "prompt")
+                                      for n, w in tags], arch["cross_attention_dim"], source.family)
+        # Each LoRA's full hash is written into the plan's request, so a preset or an image made from it
+        # finds the same bytes on another machine under any name.
+        request = request.model_copy(update={
+            "loras": [use.model_copy(update={"sha256": lora.sha256}) for use, lora in zip(request.loras, loras)],
+            "lora_hashes": {lora.name: lora.sha256 for lora in loras if lora.source == "prompt"}})
         if prompt.expansion is not None:
             # Written into the plan's request, so a replay of this plan uses the texts verbatim.
             texts = prompt.per_image if prompt.per_image is not None else prompt.prompt_final

@@ -39,6 +39,10 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         fields.append(("Styles", ", ".join(s.name for s in plan.prompt.styles)))
     if image is not None:
         fields += _image_fields(image, request.image)
+    tagged = [lora for lora in plan.loras if lora.source != "performance"]
+    if tagged:
+        # A1111's field: what its <lora:…> tags were, by the file's short hash (civitai matches on it).
+        fields.append(("Lora hashes", ", ".join(f"{lora.name}: {lora.short_hash}" for lora in tagged)))
     if plan.backend.precision.get("vae") != "fp32":
         fields.append(("VAE precision", plan.backend.precision["vae"]))
     fields += [
@@ -47,7 +51,9 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
         ("Backend", plan.backend.name + (f" {plan.backend.mode}" if plan.backend.mode else "")),
         ("Version", f"studio {plan.studio_version}"),
     ]
-    lines = [plan.prompt.final_for(index)]
+    # A1111 keeps <lora:name:weight> in the prompt: a slot's LoRA is written as its tag too, so other tools
+    # apply it (a performance mode's LoRA is the mode's, written by it).
+    lines = [plan.prompt.final_for(index) + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in tagged)]
     if plan.prompt.negative:
         lines.append(f"Negative prompt: {plan.prompt.negative}")
     lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in fields))
@@ -260,12 +266,28 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
     if image.get("sha256") and image.get("mode") and is_valid_request(image=image):
         request["image"] = image
         used.add("Size")  # the size an input image ran at: the input decides it (it may be no text-to-image size)
+    if "Lora hashes" in fields:
+        hashes = _name_hashes(fields["Lora hashes"])
+        if hashes and is_valid_request(lora_hashes=hashes):
+            request["lora_hashes"] = hashes
+            used.add("Lora hashes")
     model_hash = None
     if "Model hash" in fields and _HASH.fullmatch(fields["Model hash"].strip()):
         model_hash = fields["Model hash"].strip().lower()
         used.add("Model hash")
     unknown = {k: v for k, v in fields.items() if k not in used}
     return request, model_hash, unknown, image
+
+
+def _name_hashes(text: str) -> dict[str, str]:
+    """A1111's ``name: hash, name: hash`` (Lora hashes, TI hashes) as {name: hash}; entries that do not parse
+    are left out."""
+    out = {}
+    for part in text.split(","):
+        name, sep, digest = part.rpartition(":")
+        if sep and name.strip() and re.fullmatch(r"[0-9a-fA-F]{10,64}", digest.strip()):
+            out[name.strip()] = digest.strip().lower()
+    return out
 
 
 _INPAINT_AREA = {"only masked": "masked", "whole picture": "whole"}

@@ -242,11 +242,10 @@ def import_fooocus(data: object, library=None) -> FooocusImport:
     if "default_refiner_switch" in data:
         out.ignored["default_refiner_switch"] = "studio has no refiner stage"
     if "default_loras" in data:
-        enabled = _enabled_loras(data["default_loras"])
-        if enabled:
-            out.ignored["default_loras"] = "studio does not apply LoRAs"
-            out.notes.append("preset enables LoRA " + ", ".join(enabled) + "; studio does not apply LoRAs, "
-                             "images will differ from Fooocus")
+        uses, lora_notes = fooocus_loras(data["default_loras"])
+        out.notes += lora_notes
+        if uses:
+            put("default_loras", "loras", uses)
         else:
             out.ignored["default_loras"] = "no LoRA enabled"
     if "default_sample_sharpness" in data:
@@ -271,23 +270,40 @@ def import_fooocus(data: object, library=None) -> FooocusImport:
     return out
 
 
-def _enabled_loras(loras) -> list[str]:
-    """Fooocus writes [enabled, name, weight] (or older [name, weight]); name 'None' = an empty slot."""
-    if not isinstance(loras, list):
-        return []
-    found = []
-    for entry in loras:
-        if not isinstance(entry, list):
+def fooocus_loras(entries) -> tuple[list[dict], list[str]]:
+    """Fooocus's LoRA slots as request LoRAs, and notes. A preset writes ``[enabled, name, weight]`` (older
+    ones ``[name, weight]``), an image ``[name, weight]`` or ``[name, weight, hash]``; name 'None' is an empty
+    slot. Names are file names (``x.safetensors``, perhaps in a subfolder): the request takes the stem, and a
+    hash, when given, lets the plan find the file under another name."""
+    from studio.settings import MAX_LORAS, LoraUse
+
+    if not isinstance(entries, list):
+        return [], [f"loras: expected a list of [enabled, name, weight], got {show_value(entries)}; left out"]
+    uses, notes = [], []
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) not in (2, 3):
             continue
-        if len(entry) == 3:
-            enabled, name, weight = entry
-        elif len(entry) == 2:
-            enabled, (name, weight) = True, entry
+        if isinstance(entry[0], bool):  # a preset's slot: [enabled, name, weight]
+            if len(entry) != 3 or entry[0] is not True:
+                continue
+            name, weight, digest = entry[1], entry[2], None
         else:
+            name, weight, digest = entry[0], entry[1], entry[2] if len(entry) == 3 else None
+        if not isinstance(name, str) or name.strip() in ("", "None"):
             continue
-        if enabled is True and isinstance(name, str) and name.strip() not in ("", "None"):
-            found.append(f"{name.strip()[:120]!r} ({show_value(weight)})")
-    return found
+        stem = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
+        stem = stem[: -len(".safetensors")] if stem.lower().endswith(".safetensors") else stem
+        value = {"name": stem, "weight": weight}
+        if isinstance(digest, str) and digest.strip():
+            value["sha256"] = digest.strip().lower()
+        try:
+            uses.append(LoraUse(**value).model_dump(exclude_none=True))
+        except Exception:
+            notes.append(f"LoRA {show_value(name)} ({show_value(weight)}): not a usable name and weight; left out")
+    if len(uses) > MAX_LORAS:
+        notes.append(f"{len(uses)} LoRAs: studio applies at most {MAX_LORAS}; the first {MAX_LORAS} are kept")
+        uses = uses[:MAX_LORAS]
+    return uses, notes
 
 
 def load_fooocus_preset(path, library=None) -> FooocusImport:

@@ -179,8 +179,12 @@ def parse_fooocus_json(text: str, library=None) -> dict:
         notes.append("Fooocus V2 expansion: its stored text is replayed verbatim as the prompt (Fooocus encodes "
                      "each part as its own CLIP pass, studio one joined text, so the image will differ)")
     if data.get("loras"):
-        ignored["loras"] = "studio does not apply LoRAs"
-        notes.append("the image used LoRAs; studio does not apply them, images will differ")
+        from studio.metadata.fooocus import fooocus_loras
+
+        uses, lora_notes = fooocus_loras(data["loras"])
+        notes += lora_notes
+        if uses:
+            put("loras", "loras", uses)
     if isinstance(data.get("refiner_model"), str) and data["refiner_model"].strip() not in ("", "None"):
         ignored["refiner_model"] = "studio has no refiner stage; images will differ"
     for key, why in _IGNORED.items():

@@ -87,6 +87,13 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
                 "save the preset from a run so it stores the expanded text")
     # the styles: the text each had there (recorded in the preset's plan) against the text here
     _style_differences(preset, there, here, add)
+    # the LoRAs: the same bytes (by hash) at the same weights; a name that differs is only a name
+    there_loras = {lora.get("sha256"): lora for lora in (_get(there, "loras") or []) if isinstance(lora, dict)}
+    for lora in here.loras:
+        was = there_loras.get(lora.sha256)
+        if was is not None and was.get("file") != lora.file:
+            add(f"loras.{lora.name}", was.get("file"), lora.file, "none",
+                "nothing: the same LoRA (found by its hash) under another file name")
     # the input image: how it runs here (the inputs themselves are named by hash in the request)
     there_image, here_image = _get(there, "image"), mine.get("image")
     if isinstance(there_image, dict) and isinstance(here_image, dict):
