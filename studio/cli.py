@@ -569,6 +569,10 @@ def _import_preset(args) -> dict:
         masked = f" and its mask {image['mask_sha256'][:12]}" if image.get("mask_sha256") else ""
         report["notes"].append(f"the preset needs its input image {image['sha256'][:12]}{masked} (named by the "
                                "pixels' hash): keep the image beside the preset, or give it with --image FILE")
+    for lora in values.get("loras") or []:
+        digest = f" (hash {lora['sha256'][:12]})" if lora.get("sha256") else ""
+        report["notes"].append(f"the preset applies LoRA {lora['name']}{digest} at {lora.get('weight', 1.0):g}: it "
+                               "must be in the LoRA folder (any file name with those bytes) to run")
     try:
         preset = Preset(name=args.out.stem, description=f"imported from {args.source.name} ({args.kind})",
                         model={"file": model, "sha256": sha}, request={**values}, plan=plan)

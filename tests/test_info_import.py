@@ -156,11 +156,13 @@ def test_info_reads_fooocus_json_metadata(capsys, tmp_path):
     assert doc["request"] == {"prompt": "a red fox in snow", "negative_prompt": "unrealistic", "steps": 30,
                               "cfg": 4.0, "width": 1152, "height": 896, "seed": 1234567,
                               "sampler": "dpmpp_2m_sde_karras-gpu", "expansion": True,
-                              "expanded_prompt": "a red fox in snow, intricate, elegant"}
+                              "expanded_prompt": "a red fox in snow, intricate, elegant",
+                              "loras": [{"name": "sd_xl_offset_example-lora_1.0", "weight": 0.1,
+                                         "sha256": "4852686128"}]}
     assert doc["model"] == "juggernautXL_v8Rundiffusion" and doc["model_sha256"] == FOOOCUS_META["base_model_hash"]
     assert doc["unknown"] == ["some_new_key"]
-    assert {"sharpness", "adm_guidance", "loras"} <= set(doc["ignored"])
-    assert any("Fooocus Enhance" in n for n in doc["notes"]) and any("LoRA" in n for n in doc["notes"])
+    assert {"sharpness", "adm_guidance"} <= set(doc["ignored"])
+    assert any("Fooocus Enhance" in n for n in doc["notes"])
 
 
 def test_import_fooocus_image_as_preset(capsys, cache_dir, tmp_path):
@@ -171,6 +173,12 @@ def test_import_fooocus_image_as_preset(capsys, cache_dir, tmp_path):
     preset = json.loads(out_path.read_text())
     assert preset["model"] == {"file": "juggernautXL_v8Rundiffusion", "sha256": FOOOCUS_META["base_model_hash"]}
     assert preset["request"]["seed"] == 1234567 and preset["request"]["expanded_prompt"].endswith("elegant")
+    assert preset["request"]["loras"] == [{"name": "sd_xl_offset_example-lora_1.0", "weight": 0.1,
+                                           "sha256": "4852686128"}]
+    code, out, err = run(capsys, "plan", "--preset", out_path, "--model", "tiny", "--json")
+    assert code == 2 and "sd_xl_offset_example-lora_1.0" in err and "4852686128" in err
+    del preset["request"]["loras"]  # this machine has no such LoRA: the rest of the preset is checked without it
+    out_path.write_text(json.dumps(preset))
     # the imported preset replays the stored expansion text verbatim
     code, out, err = run(capsys, "plan", "--preset", out_path, "--model", "tiny", "--width", "64", "--height", "64",
                          "--json")

@@ -168,15 +168,16 @@ def test_fooocus_realistic_preset():
     # 'Fooocus V2' is the expansion toggle; Fooocus's own style names are not studio's (noted, left out)
     assert result.request_values == {"prompt": "a lighthouse", "negative_prompt": "lowres", "cfg": 4.0,
                                      "sampler": "dpmpp_2m_sde_karras-gpu", "steps": 30, "width": 1152,
-                                     "height": 896, "expansion": True}
+                                     "height": 896, "expansion": True,
+                                     "loras": [{"name": "sd_xl_offset_example-lora_1.0", "weight": 0.1}]}
     assert result.model_file == "juggernautXL_v8Rundiffusion.safetensors"
     assert result.downloads == [PRESET["checkpoint_downloads"]["juggernautXL_v8Rundiffusion.safetensors"],
                                 "https://example.com/embeddings/easyneg.pt",
                                 PRESET["lora_downloads"]["sd_xl_offset_example-lora_1.0.safetensors"]]
     assert result.unknown_keys == ["default_inpaint_engine_version"]
-    assert set(result.ignored) >= {"default_loras", "default_refiner", "default_refiner_switch",
+    assert set(result.ignored) >= {"default_refiner", "default_refiner_switch",
                                    "default_sample_sharpness", "previous_default_models"}
-    assert any("LoRA" in n for n in result.notes) and any("Fooocus V2" in n for n in result.notes)
+    assert any("Fooocus V2" in n for n in result.notes)
     assert any("'Fooocus Enhance', 'Fooocus Sharp' are not here" in n for n in result.notes)
     build_request(**result.request_values)
 
