@@ -140,5 +140,5 @@ def test_picking_a_lora_in_slot_1_names_it_in_the_plan_preview(lora, page):
     open_tab(page, "model")
     find(page, "#refresh-loras").click()  # the file was written after the page's list may have been made
     choose(page, "#lora-1-name", NAME)
-    wait_text(page, "#plan", f"{NAME} × 1 · `")
-    assert "slot" in find(page, "#plan").text
+    shown = wait_text(page, "#plan", f"LoRAs: {NAME} × 1 ·")
+    assert "slot (kohya)" in shown
