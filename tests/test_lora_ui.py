@@ -79,7 +79,7 @@ def test_a_slot_applies_its_lora_and_a_disabled_slot_is_the_base_image(server, l
 def test_slots_fill_back_from_a_request_first_five_and_a_note():
     from studio.settings import build_request
     from studio.ui.page import slot_loras, slot_values
-    from studio.ui.tabs.model import lora_note
+    from studio.ui.tabs.model import lora_note, overflow_note
 
     uses = [{"name": f"l{i}", "weight": i / 10, "sha256": f"{i:012x}"} for i in range(7)]
     request = build_request(prompt="x", model="tiny", loras=uses)
@@ -88,8 +88,10 @@ def test_slots_fill_back_from_a_request_first_five_and_a_note():
     assert values["lora_5_weight"] == 0.4 and all(values[f"lora_{s}_enabled"] for s in range(1, 6))
     note = lora_note(values["lora_record"])
     assert "7 LoRAs" in note and "l5 (0.5), l6 (0.6)" in note
+    assert overflow_note(values).startswith("⚠️ The settings have 7 LoRAs")  # shown by the plan preview too
     # Back to a request: the slots' names keep their recorded hashes; a disabled or empty slot is no LoRA.
     values.update(lora_2_enabled=False, lora_4_name="None")
+    assert overflow_note(values) == ""  # the slots were changed: the note no longer describes them
     assert slot_loras(values) == [{"name": "l0", "weight": 0.0, "sha256": "0" * 12},
                                   {"name": "l2", "weight": 0.2, "sha256": "0" * 11 + "2"},
                                   {"name": "l4", "weight": 0.4, "sha256": "0" * 11 + "4"}]

@@ -38,6 +38,20 @@ def lora_note(record) -> str:
     return "\n\n".join(lines)
 
 
+def overflow_note(values: dict) -> str:
+    """For the plan preview: the opened request's LoRAs that did not fit the slots, while the slots still hold
+    its first LORA_SLOTS (once they are changed, the note no longer describes them)."""
+    from studio.ui.page import slot_loras
+
+    record = values.get("lora_record")
+    if not isinstance(record, list) or len(record) <= LORA_SLOTS:
+        return ""
+    held = [u["name"] for u in slot_loras(values)]
+    if held != [u.get("name") if isinstance(u, dict) else None for u in record[:LORA_SLOTS]]:
+        return ""
+    return lora_note(record).split("\n\n")[0]  # the first paragraph: the LoRAs left out
+
+
 def build(page) -> None:
     import gradio as gr
 
