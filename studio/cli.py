@@ -47,6 +47,9 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
                    help="--mode outpaint: pixels to add per side, e.g. left=128,right=64 (multiples of 8, at most "
                         "1024)")
     p.add_argument("--model", help="tiny, tiny-sdxl, sd15-random, a name in the models folder, or a path")
+    p.add_argument("--lora", action="append", metavar="NAME[:WEIGHT]",
+                   help="apply a LoRA of the LoRA folder at WEIGHT (default 1.0; repeatable, applied in order; "
+                        "replaces a --preset's LoRAs; `studio loras` lists them)")
     p.add_argument("--lru", type=int, help="compiled variants a compiling backend keeps in memory (default 3); "
                                             "a setting of this process, not of the image")
     p.add_argument("--deterministic", action="store_true", default=None)
@@ -63,9 +66,19 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["png", "jpeg", "webp"], default="png",
                    help="image file format (JPEG and WebP carry the metadata in EXIF)")
     p.add_argument("--models-dir", type=Path)
+    _add_adapter_dirs(p)
     p.add_argument("--allow-unsafe-pickle", action="store_true", default=None,
                    help="allow .ckpt/.pt/.bin pickles, loaded with torch.load(weights_only=True)")
     p.add_argument("--json", action="store_true")
+
+
+def _add_adapter_dirs(p: argparse.ArgumentParser) -> None:
+    """--loras-dir and --embeddings-dir: the app's launcher takes them too (studio/ui/server.py)."""
+    p.add_argument("--loras-dir", type=Path, metavar="DIR",
+                   help="the LoRA folder (default: the models folder's loras/; or STUDIO_LORAS_DIR)")
+    p.add_argument("--embeddings-dir", type=Path, metavar="DIR",
+                   help="the textual-inversion embeddings folder (default: the models folder's embeddings/; or "
+                        "STUDIO_EMBEDDINGS_DIR)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list the models that can be picked")
     models.add_argument("--models-dir", type=Path)
     models.add_argument("--json", action="store_true")
+    loras = sub.add_parser("loras", help="list the LoRA folder's LoRAs: name, short hash, format")
+    loras.add_argument("--models-dir", type=Path)
+    loras.add_argument("--loras-dir", type=Path, metavar="DIR",
+                       help="the LoRA folder (default: the models folder's loras/; or STUDIO_LORAS_DIR)")
+    loras.add_argument("--allow-unsafe-pickle", action="store_true", default=None,
+                       help="list .pt/.ckpt/.bin LoRAs as usable (they are listed either way)")
+    loras.add_argument("--json", action="store_true")
     return parser
 
 
@@ -135,6 +155,25 @@ def _precision(pairs: list[str]) -> dict:
                               "and DTYPE fp32, fp16 or bf16")
         out[component] = dtype
     return out
+
+
+def parse_lora(text: str) -> dict:
+    """``NAME[:WEIGHT]`` → a request's LoRA use (the name is checked by the request model)."""
+    import math
+
+    name, sep, weight = text.rpartition(":")
+    if not sep:
+        return {"name": text, "weight": 1.0}
+    try:
+        value = float(weight)
+    except ValueError:
+        raise StudioError(f"--lora {text!r}: the weight {weight!r} is not a number; use NAME[:WEIGHT], e.g. "
+                          f"--lora {name or 'NAME'}:0.8") from None
+    if not math.isfinite(value):
+        raise StudioError(f"--lora {text!r}: the weight must be a finite number, e.g. --lora {name or 'NAME'}:0.8")
+    if not name:
+        raise StudioError(f"--lora {text!r}: give the LoRA's name before the weight (NAME[:WEIGHT])")
+    return {"name": name, "weight": value}
 
 
 def _prompts(args) -> list[str]:
@@ -304,6 +343,8 @@ def requests_from_args(args, studio=None):
         values["expansion"] = args.expansion == "on"
     if args.style is not None:
         values["styles"] = args.style  # replaces the preset's list: the styles given are all that apply
+    if args.lora is not None:
+        values["loras"] = [parse_lora(text) for text in args.lora]  # replaces the preset's LoRAs, as --style does
     backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode),
                                  ("text_encoder", args.text_encoder)) if v}
     if backend:
@@ -327,7 +368,9 @@ def _config(args):
         raise StudioError(f"--lru {lru}: keep 1 to 64 compiled variants in memory")
     config = AppConfig.from_env(models_dir=getattr(args, "models_dir", None), output_dir=getattr(args, "out", None),
                                 allow_unsafe_pickle=getattr(args, "allow_unsafe_pickle", None),
-                                compile_cache_size=lru, styles_dir=getattr(args, "styles_dir", None))
+                                compile_cache_size=lru, styles_dir=getattr(args, "styles_dir", None),
+                                loras_dir=getattr(args, "loras_dir", None),
+                                embeddings_dir=getattr(args, "embeddings_dir", None))
     # The app lists a missing folder among the styles' problems; for a command that uses styles, a
     # folder that is not there is a mistake to say now.
     if hasattr(args, "styles_dir") and config.styles_dir is not None and not config.styles_dir.is_dir():
@@ -442,6 +485,36 @@ def cmd_models(args) -> dict:
     if not args.json:
         print("\n".join(names))
     return {"models": names, "models_dir": str(config.models_dir)}
+
+
+def cmd_loras(args) -> dict:
+    from studio.adapters.loras import LoraLibrary, inspect
+
+    config = _config(args)
+    folder = config.lora_folder
+    if args.loras_dir is not None and not folder.is_dir():  # the default folder may simply not exist yet
+        raise StudioError(f"--loras-dir {folder}: " + ("not a folder" if folder.exists() else "no such folder"))
+    files = LoraLibrary(config).files
+    found, problems = [], []
+    for file in files.all():
+        entry = {"name": file.name, "file": file.path.name, "sha256": file.sha256, "short_hash": file.short_hash}
+        if file.pickle:
+            entry["format"] = "pickle"
+            if not config.allow_unsafe_pickle:
+                problems.append(f"{file.path.name} is a pickle: it is used only with --allow-unsafe-pickle")
+        else:
+            try:
+                entry["format"] = inspect(file.path).format
+            except StudioError as exc:  # one bad file is listed with its problem, not the end of the listing
+                entry["format"] = None
+                problems.append(exc.message)
+        found.append(entry)
+    if not args.json:
+        for e in found:
+            print(f"{e['name']}  {e['short_hash']}  {e['format'] or '?'}  {e['file']}")
+        for line in problems:
+            print(f"problem: {line}", file=sys.stderr)
+    return {"loras": found, "loras_dir": str(folder), "problems": problems}
 
 
 def cmd_history(args) -> dict:
@@ -656,7 +729,7 @@ def cmd_verify(args) -> dict:
 
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
             "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info, "styles": cmd_styles,
-            "history": cmd_history}
+            "history": cmd_history, "loras": cmd_loras}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,3 +124,21 @@ def flag_for(name: str) -> str:
 
 def ui_label(name: str) -> str:
     return BY_NAME[name].label
+
+# Fooocus's LoRA slots: each an enable switch, a name from the LoRA folder ("None": empty) and a weight. They are
+# the app's API parameters lora_<i>_enabled, lora_<i>_name, lora_<i>_weight (after the image panel's) and become
+# request.loras; the CLI's repeatable --lora NAME[:WEIGHT] sets the same list. The slider spans Fooocus's range;
+# the request itself takes -10..10 (a preset or a --lora may go further than the slider).
+LORA_SLOTS = 5
+LORA_NONE = "None"
+LORA_WEIGHT_RANGE = (-2.0, 2.0)
+LORA_WEIGHT_STEP = 0.01
+LORA_DEFAULT_WEIGHT = 1.0
+
+
+def lora_slot_names(slot: int) -> tuple[str, str, str]:
+    """The API names of slot ``slot`` (1-based): enabled, name, weight."""
+    return f"lora_{slot}_enabled", f"lora_{slot}_name", f"lora_{slot}_weight"
+
+
+LORA_ORDER = tuple(name for slot in range(1, LORA_SLOTS + 1) for name in lora_slot_names(slot))

@@ -13,6 +13,8 @@ def controls(**overrides):
                   clip_skip=1, styles=[], image_mode="vary-subtle", strength=0, mask_blur=0, inpaint_area="whole",
                   masked_padding=32, input_image=False, uov_image=None, inpaint_image=None, mask_image=None,
                   outpaint_sides=[], outpaint_pixels=128)
+    for slot in range(1, 6):  # the LoRA slots, as the page starts: on, empty, weight 1
+        values.update({f"lora_{slot}_enabled": True, f"lora_{slot}_name": "None", f"lora_{slot}_weight": 1.0})
     values.update(overrides)
     return [values[name] for name in API_ORDER]
 

@@ -189,6 +189,9 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
         # A seed still to be drawn (random mode, or -1) is drawn at Generate: do not show this plan's draw.
         drawn_later = request.seed is None
         shown = plan_markdown(plan, None if drawn_later else studio.engine.preview_fingerprints(plan), notes)
+        left_out = model_tab.overflow_note(values)  # the Models tab is often closed: say it by the plan too
+        if left_out:
+            shown += "\n\n" + left_out
         return "", public(shown), public(advanced.cache_markdown(studio, plan))
 
     def preview(*values):

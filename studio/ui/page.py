@@ -7,15 +7,21 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from studio.controls import CONTROL_ORDER
+from studio.controls import (CONTROL_ORDER, LORA_DEFAULT_WEIGHT, LORA_NONE, LORA_ORDER, LORA_SLOTS,
+                             lora_slot_names)
 from studio.errors import StudioError
 
 # The Input image panel's files and switches (studio/ui/tabs/input_image.py): API parameters, not request fields
 # (a request names the files by hash once they are in the inputs store).
 IMAGE_ORDER = ("input_image", "uov_image", "inpaint_image", "mask_image", "outpaint_sides", "outpaint_pixels")
 # Session state after the controls: Gradio keeps it out of the HTTP API, whose callers pass the controls only.
-STATE_ORDER = ("replay", "live_preview")
-API_ORDER = CONTROL_ORDER + IMAGE_ORDER  # the parameters of /generate, /plan_preview and the other control calls
+# lora_record is the opened request's own LoRA list (names, weights, hashes): the slots show names, and the
+# record keeps each one's sha256 so that the same bytes are found again, under any name (and says which of
+# more than LORA_SLOTS LoRAs did not fit the slots).
+STATE_ORDER = ("replay", "live_preview", "lora_record")
+# The parameters of /generate, /plan_preview and the other control calls: the request's controls, the Input
+# image panel's, then the LoRA slots (lora_1_enabled, lora_1_name, lora_1_weight, ... studio/controls.py).
+API_ORDER = CONTROL_ORDER + IMAGE_ORDER + LORA_ORDER
 INPUT_ORDER = API_ORDER + STATE_ORDER
 
 
@@ -35,6 +41,38 @@ def _replay_texts(values: dict) -> list[str] | None:
     same = (replay.get("prompt") == (values["prompt"] or "") and replay.get("seed") == values["seed"]
             and len(texts) == batch)
     return list(texts) if same else None
+
+
+def slot_loras(values: dict) -> list[dict]:
+    """The request's ``loras`` from the slots: the enabled slots that name a LoRA, in slot order. A slot that
+    still holds a name of the opened request's record takes its sha256 with it (a preset made elsewhere
+    finds its LoRA by hash even where the file has another name)."""
+    record = [u for u in values.get("lora_record") or [] if isinstance(u, dict) and u.get("sha256")]
+    loras = []
+    for slot in range(1, LORA_SLOTS + 1):
+        enabled, name, weight = (values.get(n) for n in lora_slot_names(slot))
+        if not enabled or name in (None, "", LORA_NONE):
+            continue
+        use = {"name": name, "weight": weight}  # checked by the request model: a bad one is a clear line there
+        recorded = next((u for u in record if u.get("name") == name), None)
+        if recorded is not None:
+            use["sha256"] = recorded["sha256"]
+        loras.append(use)
+    return loras
+
+
+def slot_values(request) -> dict:
+    """The slots' values for ``request`` (the inverse of slot_loras): its first LORA_SLOTS LoRAs, the other
+    slots empty and on (Fooocus's default); the full list goes to lora_record, which notes any left out."""
+    values = {}
+    for slot in range(1, LORA_SLOTS + 1):
+        enabled, name, weight = lora_slot_names(slot)
+        use = request.loras[slot - 1] if slot <= len(request.loras) else None
+        values[enabled] = True
+        values[name] = use.name if use else LORA_NONE
+        values[weight] = use.weight if use else LORA_DEFAULT_WEIGHT
+    values["lora_record"] = [u.model_dump(mode="json", exclude_none=True) for u in request.loras]
+    return values
 
 
 def request_values(values: dict, image: dict | None = None) -> dict:
@@ -60,7 +98,7 @@ def request_values(values: dict, image: dict | None = None) -> dict:
                  # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
                  "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
         chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], styles=values["styles"] or [],
-        expanded_prompt=_replay_texts(values), image=image,
+        expanded_prompt=_replay_texts(values), image=image, loras=slot_loras(values),
     )
 
 
@@ -70,7 +108,7 @@ def control_values(request, inputs=None) -> dict:
     from studio.ui.tabs.input_image import image_values
 
     r = request
-    return dict(**image_values(r, inputs),
+    return dict(**image_values(r, inputs), **slot_values(r),
         prompt=r.prompt, negative_prompt=r.negative_prompt, seed=-1 if r.seed is None else r.seed,
         seed_mode=r.seed_mode, batch=r.batch, steps=r.steps, cfg=r.cfg, sampler=r.sampler,
         width=r.width or 512, height=r.height or 512, model=r.model, noise_source=r.noise_source,

@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-dir", type=Path)
     p.add_argument("--allow-unsafe-pickle", action="store_true", default=None)
     p.add_argument("--styles-dir", type=Path, help="a folder of Fooocus-format style files (*.json)")
+    p.add_argument("--loras-dir", type=Path, metavar="DIR",
+                   help="the LoRA folder the Models tab lists (default: the models folder's loras/)")
+    p.add_argument("--embeddings-dir", type=Path, metavar="DIR",
+                   help="the textual-inversion embeddings folder (default: the models folder's embeddings/)")
     p.add_argument("--lru", type=int, help="compiled variants kept in memory (default 3)")
     return p
 
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             raise StudioError(f"--lru {args.lru}: keep 1 to 64 compiled variants in memory")
         config = AppConfig.from_env(models_dir=args.models_dir, output_dir=args.output_dir,
                                     allow_unsafe_pickle=args.allow_unsafe_pickle, styles_dir=args.styles_dir,
-                                    compile_cache_size=args.lru)
+                                    compile_cache_size=args.lru, loras_dir=args.loras_dir,
+                                    embeddings_dir=args.embeddings_dir)
         app = build_app(config, model=args.model, preset=args.preset)
     except StudioError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -82,6 +82,8 @@ def plan_markdown(plan, fingerprints: list[str] | None, input_notes: list[str] =
     if plan.image is not None:
         paragraphs.append("**Input image:** " + html.escape(plan.image.summary(plan.request.steps))
                           + "".join(f"\n- {html.escape(n)}" for n in (*input_notes, *plan.image.notes)))
+    if plan.loras:
+        paragraphs.append(lora_markdown(plan.loras))
     if plan.prompt.styles:
         paragraphs.append("**Styles:** " + ", ".join(html.escape(st.name) for st in plan.prompt.styles)
                           + f" → encoded prompt: {html.escape(plan.prompt.prompt_styled)}"
@@ -112,3 +114,19 @@ def plan_markdown(plan, fingerprints: list[str] | None, input_notes: list[str] =
         paragraphs.append("✅ No reproducibility risks: these settings give the same image on any machine, "
                           "within tolerance.")
     return "\n\n".join(paragraphs)
+
+
+LORA_SOURCES = {"request": "slot", "prompt": "prompt tag", "performance": "speed mode"}
+
+
+def lora_markdown(loras) -> str:
+    """The plan's LoRAs, in the order applied: name, weight, short hash, where each came from (a slot or a
+    <lora:…> tag in the prompt), the file used when it is not the name asked for, and the resolver's notes."""
+    lines = ["**LoRAs:**"]
+    for lora in loras:
+        source = LORA_SOURCES.get(lora.source, lora.source)
+        used = "" if lora.file.rsplit(".", 1)[0] == lora.name else f" → file {html.escape(lora.file)}"
+        lines.append(f"- {html.escape(lora.name)} × {lora.weight:g} · `{lora.short_hash}` · {source} "
+                     f"({lora.format}){used}")
+        lines += [f"  - ⚠️ {html.escape(note)}" for note in lora.notes]
+    return "\n".join(lines)
