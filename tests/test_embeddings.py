@@ -82,6 +82,13 @@ def test_pickle_embedding_needs_the_switch(engine, config, tiny_request, tiny_pi
     assert (used.file, used.vectors) == ("tipickle.pt", 2)
     [vectors] = trusting.embeddings.load([used])["tipickle"]
     assert tuple(vectors.shape) == (2, 32)
+    # diffusers' learned_embeds.bin: one {token: [width]} tensor
+    import torch
+
+    from studio.adapters.embeddings import inspect
+
+    torch.save({"<tibin>": torch.ones(32)}, str(folder / "tibin.bin"))
+    assert inspect(folder / "tibin.bin", allow_unsafe_pickle=True).vectors == 1
 
 
 def test_wrong_width_is_a_clear_error(engine, tiny_request, tiny_pipe, folder):
@@ -92,6 +99,14 @@ def test_wrong_width_is_a_clear_error(engine, tiny_request, tiny_pipe, folder):
     write_embedding(folder / "tiwide.safetensors", tiny_pipe, widths=(768,))
     with pytest.raises(StudioError, match=r"tiwide\.safetensors is for SD1 \(768 wide\)"):
         engine.plan(tiny_request(negative_prompt="tiwide", **STEPS))
+
+
+def test_openvino_text_encoder_is_refused_with_embeddings(engine, tiny_request, tiny_pipe, folder):
+    pytest.importorskip("openvino")
+    write_embedding(folder / "tiov.safetensors", tiny_pipe)
+    backend = {"name": "openvino", "device": "CPU", "text_encoder": "openvino"}
+    with pytest.raises(StudioError, match=r"tiov\.safetensors needs the PyTorch text encoder.*--text-encoder torch"):
+        engine.plan(tiny_request(prompt="tiov", backend=backend, **STEPS))
 
 
 def test_found_by_hash_under_another_name(engine, tiny_request, tiny_pipe, folder):
