@@ -67,6 +67,8 @@ def test_vectors_are_counted_and_never_split_across_chunks(engine, tiny_request,
                                     **STEPS))
     assert (plan.prompt.tokens, plan.prompt.chunks, plan.prompt.negative_tokens) == (78, 2, 5)
     assert [(e.name, e.where) for e in plan.prompt.embeddings] == [("tithree", "prompt"), ("tithree", "negative")]
+    # What a token counter passes: the folder's embeddings the text uses.
+    assert engine.embeddings.counts_in("cat tithree", "no embedding") == {"tithree": 3}
 
 
 def test_pickle_embedding_needs_the_switch(engine, config, tiny_request, tiny_pipe, folder):

@@ -197,6 +197,20 @@ class EmbeddingLibrary:
         return UsedEmbedding(name=name, file=file.path.name, sha256=file.sha256, short_hash=file.short_hash,
                              vectors=info.vectors, where="prompt", notes=[found.note] if found.note else [])
 
+    def counts_in(self, *texts: str) -> dict[str, int]:
+        """Name → vector count of the folder's embeddings that ``texts`` use, for a token counter (the app's,
+        the CLI's). A file that cannot be read here (a pickle without the switch, a broken file) counts as its
+        word: the counter never fails on it, the plan says why."""
+        names = self.names()
+        out: dict[str, int] = {}
+        for name in dict.fromkeys(n for text in texts for n in embeddings_in(text, names)):
+            try:
+                self.files.check_loadable(self.files.describe(name))
+                out[name] = inspect(self.files.paths()[name], self.files.allow_unsafe_pickle).vectors
+            except StudioError:
+                continue
+        return out
+
     def load(self, used: list[UsedEmbedding]) -> dict[str, tuple]:
         """The vectors of a plan's embeddings by name, each file found again by its hash (the folder may have
         changed since the plan was made) and checked to still hold what was planned."""
