@@ -67,6 +67,10 @@ def _placed(te, chunk: Chunk, embeddings: Optional[Embeddings], encoder: int):
     if not chunk.fixes:
         yield
         return
+    missing = next((name for _, name in chunk.fixes if len(embeddings[name]) <= encoder), None)
+    if missing is not None:  # planned without the model's widths (a folder without text encoder configs)
+        raise StudioError(f"embedding {missing!r} has vectors for one text encoder; this model has two (SDXL): "
+                          "pick an SDXL embedding (clip_l + clip_g)")
     fixes = [(offset, embeddings[name][encoder], name) for offset, name in chunk.fixes]
 
     def hook(_module, _args, output):
