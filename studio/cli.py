@@ -464,11 +464,15 @@ def cmd_plan(args) -> dict:
 
 
 def cmd_tokens(args) -> dict:
+    from studio.adapters.embeddings import EmbeddingLibrary
     from studio.models.tokenizer import clip_tokenizer
     from studio.prompts.attention import is_break, parse
     from studio.prompts.chunking import count_tokens
 
-    count = count_tokens(args.text, clip_tokenizer(str(_config(args).cache_dir)))  # refuses bad weights
+    config = _config(args)
+    # An embedding's name counts as its vectors, as a run counts it.
+    vectors = EmbeddingLibrary(config).counts_in(args.text)
+    count = count_tokens(args.text, clip_tokenizer(str(config.cache_dir)), embeddings=vectors)  # refuses bad weights
     # The parsed (text, weight) pairs; a chunk break is ["BREAK", -1], as A1111 writes it.
     segments = [["BREAK", -1] if is_break(t, w) else [t, float(w)] for t, w in parse(args.text)]
     if not args.json:

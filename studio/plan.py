@@ -58,6 +58,7 @@ class PromptPlan(_Frozen):
     per_image: Optional[list[str]] = None
     styles: list[AppliedStyle] = []  # in the order applied (studio/styles.py says how they combine)
     prompt_styled: Optional[str] = None  # the prompt after styles, before expansion; None without styles
+    embeddings: list["UsedEmbedding"] = []  # textual-inversion embeddings the texts use, in order of first use
 
     @property
     def own_chunks(self) -> int:
@@ -102,6 +103,19 @@ class AppliedLora(_Frozen):
     notes: list[str] = []  # found by hash under another name; keys not applied
 
 
+class UsedEmbedding(_Frozen):
+    """A textual-inversion embedding a text uses (adapters/embeddings.py): the word, the file found here (by
+    name or hash), its hashes and how many token positions it takes."""
+
+    name: str  # the word the text uses (the file's stem, or the request's name for a file found by hash)
+    file: str  # the file used on this machine
+    sha256: str
+    short_hash: str  # A1111's 12-hex hash, as `TI hashes` writes it
+    vectors: int  # token positions each use takes
+    where: str  # "prompt" or "negative"
+    notes: list[str] = []  # found by hash under another name
+
+
 class ImagePlan(_Frozen):
     """What an image-input run does with its input, resolved before it runs (engine/image_modes.py)."""
 
@@ -135,6 +149,9 @@ class ImagePlan(_Frozen):
                          f"at ({self.crop[0]}, {self.crop[1]})")
         parts.append("output {}×{}".format(*self.canvas_size))
         return " · ".join(parts)
+
+
+PromptPlan.model_rebuild()
 
 
 class Plan(_Frozen):

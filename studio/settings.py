@@ -135,6 +135,23 @@ class LoraUse(_Strict):
 MAX_LORAS = 10
 
 
+class EmbeddingUse(_Strict):
+    """A textual-inversion embedding a prompt uses by its name, with (recorded by a preset or an image) its
+    sha256, by which another machine finds the file under any name: the prompt's word stays the same."""
+
+    name: str = Field(description="the word the prompt uses: the file's name in embeddings/ without its suffix")
+    sha256: Optional[str] = Field(default=None, pattern=r"^([0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64})$",
+                                  description="the file's sha256 (or A1111's 10/12-hex short hash, from an image)")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return _as_name(v, "embedding")
+
+
+MAX_EMBEDDINGS = 32
+
+
 class GenerationRequest(_Strict):
     prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
@@ -175,6 +192,10 @@ class GenerationRequest(_Strict):
                                         description="the sha256 (or A1111's short hash) of each <lora:name:w> tag's "
                                                     "file by name, recorded by the plan (A1111's Lora hashes), so "
                                                     "another machine finds it under any name")
+    embeddings: list[EmbeddingUse] = Field(default_factory=list, max_length=MAX_EMBEDDINGS,
+                                           description="textual-inversion embeddings by the word the prompt uses, "
+                                                       "with their hashes; a word of the prompt or negative that "
+                                                       "names a file in embeddings/ is one too")
 
     @field_validator("sampler")
     @classmethod

@@ -54,3 +54,37 @@ def write_lora(path: Path, pipe, fmt: str = "kohya", metadata: dict | None = Non
     save_file({k: v.contiguous() for k, v in lora_tensors(pipe, fmt, **options).items()}, str(path),
               metadata=metadata)
     return path
+
+
+def write_embedding(path: Path, pipe, vectors: int = 2, fmt: str = "auto", seed: int = 0, scale: float = 1.0,
+                    widths: tuple[int, ...] | None = None) -> Path:
+    """A textual-inversion embedding of ``vectors`` random vectors for ``pipe``'s text encoders (or ``widths``).
+
+    ``fmt``: "a1111" (``emb_params``, .safetensors), "sdxl" (``clip_l`` + ``clip_g``), "diffusers" (one
+    ``{token: tensor}``), "pt" (A1111's pickle: ``string_to_param`` {'*': tensor}); "auto" is "sdxl" for a
+    pipeline with two text encoders, else "a1111". The vectors are scaled well above CLIP's token embeddings,
+    so an image with the embedding differs from one with the word."""
+    import torch
+
+    if widths is None:
+        encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if getattr(pipe, "text_encoder_2", None) else [])
+        widths = tuple(te.config.hidden_size for te in encoders)
+    if fmt == "auto":
+        fmt = "sdxl" if len(widths) == 2 else "a1111"
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.randn(vectors, width, generator=generator) * scale for width in widths]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "pt":
+        torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": tensors[0]}, "name": path.stem,
+                    "step": 100}, str(path))
+        return path
+    from safetensors.torch import save_file
+
+    if fmt == "sdxl":
+        content = {"clip_l": tensors[0], "clip_g": tensors[1]}
+    elif fmt == "diffusers":
+        content = {f"<{path.stem}>": tensors[0]}
+    else:
+        content = {"emb_params": tensors[0]}
+    save_file({k: v.contiguous() for k, v in content.items()}, str(path))
+    return path

@@ -422,7 +422,7 @@ class OpenVINOBackend:
                 f"({sig.mode} mode on {sig.device})")
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
-                 hooks: Optional[RunHooks] = None, inputs=None, loras=None):
+                 hooks: Optional[RunHooks] = None, inputs=None, loras=None, embeddings=None):
         if plan.loras:
             raise StudioError("LoRAs run on the torch backend for now; use --backend torch")
         hooks = as_hooks(on_step, hooks)
@@ -460,7 +460,7 @@ class OpenVINOBackend:
         p = plan.prompt
         text_side, text_notes = self._text_side(loaded, plan, hooks)
         cond = encode(text_side, p.prompt_final, p.negative, p.chunk_count, request.clip_skip,
-                      request.comma_backtrack)
+                      request.comma_backtrack, embeddings)
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), loaded.scheduler_config, generators[0])
         noise_check = watch_noise(pipe.scheduler, latents) if plan.image is not None else None
         upcasts = self._guard_vae(loaded, pipe, plan, compiled, hooks)

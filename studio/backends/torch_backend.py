@@ -91,15 +91,17 @@ class TorchBackend:
         self._pipelines[key] = pipe
         return pipe
 
-    def _conditioning(self, pipe, plan: Plan):
+    def _conditioning(self, pipe, plan: Plan, embeddings=None):
         """The encoded prompt pair, reused across the images of a batch."""
         p = plan.prompt
         loras = tuple((lora.sha256, lora.weight) for lora in plan.loras)  # a LoRA may change the text encoder
-        key = (self._key(plan), loras, p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip,
+        # The same words encode otherwise when an embedding's file (its hash) or its word changes.
+        used = tuple(sorted({(e.name, e.sha256) for e in p.embeddings}))
+        key = (self._key(plan), loras, used, p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip,
                plan.request.comma_backtrack)
         if self._last_conditioning is None or self._last_conditioning[0] != key:
             cond = encode(pipe, p.prompt_final, p.negative, p.chunk_count, plan.request.clip_skip,
-                          plan.request.comma_backtrack)
+                          plan.request.comma_backtrack, embeddings)
             self._last_conditioning = (key, cond)
         return self._last_conditioning[1]
 
@@ -130,7 +132,8 @@ class TorchBackend:
         return self._mode_pipes[key], task
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
-                 hooks: Optional[RunHooks] = None, inputs=None, loras=None):
+                 hooks: Optional[RunHooks] = None, inputs=None, loras=None, embeddings=None):
+        """``embeddings``: the plan's textual-inversion vectors by name (Engine loads them)."""
         import sys
 
         hooks = as_hooks(on_step, hooks)
@@ -149,7 +152,7 @@ class TorchBackend:
         pipe.scheduler = make_scheduler(sampler_spec(plan.sampler), pipe._studio_scheduler_config, generators[0])
         noise_check = watch_noise(pipe.scheduler, latents) if plan.image is not None else None
         pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), leave=False)
-        conditioning = self._conditioning(pipe, plan).pipeline_kwargs()
+        conditioning = self._conditioning(pipe, plan, embeddings).pipeline_kwargs()
         # Text to image starts from the drawn noise; an input image's pipeline draws the same noise itself
         # (from generators in the state it was drawn from) and adds it to the encoded image.
         start = task_kwargs or dict(width=plan.width, height=plan.height,

@@ -10,6 +10,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from studio import __version__
+from studio.adapters import embeddings as ti
+from studio.adapters.embeddings import EmbeddingLibrary
 from studio.adapters.loras import LoraLibrary
 from studio.backends.base import Backend, ImageSkipped, RunHooks, StepCallback
 from studio.engine import determinism, noise
@@ -116,6 +118,7 @@ class Engine:
         # Input images and masks by pixel hash (image_input.py): requests name them, never point at files.
         self.inputs = InputStore(config.output_dir / INPUTS_FOLDER)
         self.loras = LoraLibrary(config)
+        self.embeddings = EmbeddingLibrary(config)
         # One run at a time: backends keep mutable state (the pipeline's scheduler, cached conditioning,
         # compiled variants) that two runs side by side would tear, and determinism flags are process-wide.
         # Plans need no lock: planning only reads.
@@ -176,7 +179,11 @@ class Engine:
         noise_source = "device" if device_alias else request.noise_source
         generator_device = "cpu" if noise_source == "cpu" else backend.generator_device(resolved)
         # 4. prompt: expansion is seeded by each image's seed; <lora:…> tags come out of the text first
-        prompt, tags = self._prompt_plan(request, seeds)
+        prompt, tags = self._prompt_plan(request, seeds, arch.get("text_widths", []), source.family)
+        if prompt.embeddings and resolved.text_encoder == "openvino":
+            # The compiled text encoder takes token ids only: no vectors can be put in its input.
+            raise StudioError(f"embedding {prompt.embeddings[0].file} needs the PyTorch text encoder; the OpenVINO "
+                              "one takes token ids only: use --text-encoder torch")
         loras = self.loras.resolve([(use, "request") for use in request.loras]
                                    + [(LoraUse(name=n, weight=w, sha256=request.lora_hashes.get(n)), "prompt")
                                       for n, w in tags], arch["cross_attention_dim"], source.family)
@@ -238,8 +245,10 @@ class Engine:
         return [r.text for r in results], {"expander": results[0].expander, "seeds": seeds,
                                            "added": [list(r.added) for r in results], "replayed": False}
 
-    def _prompt_plan(self, request: GenerationRequest, seeds: list[int]) -> tuple[PromptPlan, list]:
-        """The prompt's plan, and the ``<lora:name:weight>`` tags taken out of it."""
+    def _prompt_plan(self, request: GenerationRequest, seeds: list[int], text_widths: Optional[list[int]] = None,
+                     family: str = "") -> tuple[PromptPlan, list]:
+        """The prompt's plan, and the ``<lora:name:weight>`` tags taken out of it. ``text_widths`` (one per text
+        encoder) is what the embeddings the texts use must match (none: not checked)."""
         tok = self.tokenizer()
         # Styles first: expansion, the token counter, chunking and the compile prediction all see the styled text.
         styles = self.styles.resolve(request.styles)
@@ -254,13 +263,17 @@ class Engine:
             raise StudioError(f"<lora:{negative_tags[0][0]}:…> is in the negative prompt: a LoRA applies to the "
                               "whole image, so put its tag in the prompt (or pick it in a LoRA slot)")
         finals, expansion_info = self._expand(request, seeds, styled)
+        # Embeddings are found in the texts as encoded (after styles and expansion); each use takes its vectors.
+        used = self.embeddings.resolve({"prompt": finals, "negative": [negative]}, request.embeddings,
+                                       text_widths or [], family)
+        vectors = ti.counts(used)
         # Every image is encoded with the same chunk count (the longest text's), so a batch whose
         # expanded texts differ in length still runs on one compiled variant.
-        counts = {text: count_tokens(text, tok, request.comma_backtrack) for text in finals}
+        counts = {text: count_tokens(text, tok, request.comma_backtrack, vectors) for text in finals}
         for count in counts.values():
             check_length(count, "prompt")
         pos = max(counts.values(), key=lambda c: (c.chunks, c.tokens))
-        neg = count_tokens(negative, tok, request.comma_backtrack)
+        neg = count_tokens(negative, tok, request.comma_backtrack, vectors)
         check_length(neg, "negative prompt")
         padded = int(request.chunk_policy.split(":")[1]) if request.chunk_policy.startswith("pad:") else 1
         return PromptPlan(prompt=request.prompt, prompt_final=finals[0], negative=negative,
@@ -268,7 +281,7 @@ class Engine:
                           negative_chunks=neg.chunks, chunk_count=max(pos.chunks, neg.chunks, padded),
                           expansion=expansion_info, per_image=finals if len(set(finals)) > 1 else None,
                           styles=[AppliedStyle(**s.record()) for s in styles],
-                          prompt_styled=styled if styles else None), tags
+                          prompt_styled=styled if styles else None, embeddings=used), tags
 
     def with_current_compile(self, plan: Plan) -> Plan:
         """``plan`` with its compile prediction made again now (jobs run since it was planned change it)."""
@@ -347,6 +360,7 @@ class Engine:
             generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
         # Found again by hash: the folder may have changed since the plan was made.
         lora_paths = {lora.sha256: self.loras.path(lora) for lora in plan.loras}
+        embedding_vectors = self.embeddings.load(plan.prompt.embeddings)
         load_s = 0.0
 
         def load():
@@ -383,6 +397,8 @@ class Engine:
             extra = {"inputs": inputs} if inputs is not None else {}
             if plan.loras:
                 extra["loras"] = lora_paths
+            if embedding_vectors:
+                extra["embeddings"] = embedding_vectors
             out = backend.generate(plan.for_image(i), load, latents[i: i + 1], [generator], hooks=hooks, **extra)
             outputs.append(out)
             # A Skip pressed while the image decoded drops it too: it was the image in progress.

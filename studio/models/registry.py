@@ -329,10 +329,22 @@ def architecture(source: ModelSource, cache_dir: Path) -> dict:
             "unet_in_channels": int(unet["in_channels"]),
             # what a LoRA's cross-attention layers must take: tells an SDXL LoRA from an SD1 or SD2 one
             "cross_attention_dim": _cross_attention_dim(unet.get("cross_attention_dim", 768)),
+            # what a textual-inversion embedding's vectors must be: one width per text encoder
+            "text_widths": _text_widths(folder, source.name),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise StudioError(f"{source.name}: the unet/vae config lacks a usable {exc!s:.40} entry; "
                           "copy the model folder again") from None
+
+
+def _text_widths(folder: Path, model: str) -> list[int]:
+    """The hidden size of each text encoder (SDXL: two), from their configs; none if a folder has no config."""
+    widths = []
+    for part in ("text_encoder", "text_encoder_2"):
+        path = folder / part / "config.json"
+        if path.is_file():
+            widths.append(int(_read_config(path, model).get("hidden_size", 0)))
+    return widths
 
 
 def _cross_attention_dim(value) -> int:
