@@ -12,7 +12,8 @@ input's size, which encodes the input (the posterior's mean: no draw) before the
 Modes: performance (EXECUTION_MODE_HINT=PERFORMANCE: the device's fastest precision, bf16 on CPUs
 with avx512_bf16/AMX) or accuracy (EXECUTION_MODE_HINT=ACCURACY, INFERENCE_PRECISION_HINT=f32).
 Compiled blobs are cached on disk in one folder per compile key (backends/blob_cache.py says why).
-LoRAs are fused into the model before export (see `_fuse_loras`): each LoRA set has an IR of its own beside the
+LoRAs are fused into the PyTorch model (`_fuse_loras`) and the fused weights written into a copy of the base IR
+(`_ir_with_weights`; a fused export where that cannot be done): each LoRA set has an IR of its own beside the
 base model's, which stays the one exported without LoRAs (so runs without them are unchanged bit for bit).
 """
 
@@ -59,6 +60,18 @@ def lora_set(loras) -> tuple[tuple, str]:
     loras = list(loras or [])
     key = tuple((lora.sha256[:16], float(lora.weight)) for lora in loras)
     return key, ", ".join(f"{lora.name} {lora.weight:g}" for lora in loras)
+
+
+class _NotPatched(Exception):
+    """The base IR could not take a LoRA set's weights: export the fused model instead."""
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+    return dst
 
 
 def _loaded_from_cache(compiled) -> bool:
@@ -242,6 +255,9 @@ class OpenVINOBackend:
         key, label = lora_set(loras)
         if self._find_ir(model, key) is not None:
             return prediction
+        if key and self._find_ir(model) is not None:
+            return prediction.model_copy(update={"export": f"the LoRA set's weights ({label}) written into a copy "
+                                                           "of the model's IR first (no export, under a second)"})
         what = f"for the LoRA set {label}" if key else "of the model"
         last = self._export_seconds.get(model)
         expect = (f"~{last:.1f} s, as this model's last export" if last is not None else
@@ -281,21 +297,68 @@ class OpenVINOBackend:
             shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
-    def _fuse_loras(torch_pipe, loras: list[AppliedLora], paths: dict) -> None:
+    def _fuse_loras(torch_pipe, loras: list[AppliedLora], paths: dict) -> dict[str, set[str]]:
         """Fuse the LoRA set into ``torch_pipe``'s weights (UNet and text encoders) at their weights, with
         diffusers' own load_lora_weights / set_adapters / fuse_lora, then drop the PEFT layers so that only the
-        fused weights are left (what the exporter traces and what the PyTorch text encoder runs).
+        fused weights are left (what the PyTorch text encoder runs, and what goes into the IR). Returns the
+        weights the LoRAs changed: component → parameter names."""
+        from peft.tuners.lora import LoraLayer
 
-        Why fuse before export rather than patch the IR's weights: the exporter then sees a plain model, so the
-        IR is exactly what optimum-intel makes of the same model with the LoRA merged, and no mapping of LoRA
-        keys (kohya, diffusers/PEFT, text encoders, SDXL) onto IR constants has to be written here. Its cost is
-        one export per LoRA set (measured on tiny: the fuse takes ~0.05 s of an export of ~3 s), paid once
-        since the IR is cached on disk; patching the IR would save that export but not the compile, which every
-        new set needs anyway."""
         # The plan refused pickles unless they were allowed, so its paths load as they are (as on torch).
         apply_to_pipeline(torch_pipe, loras, paths, allow_unsafe_pickle=True)
+        changed = {}
+        for component in ("unet", "text_encoder", "text_encoder_2"):
+            module = getattr(torch_pipe, component, None)
+            if module is not None:
+                changed[component] = {f"{name}.weight" for name, layer in module.named_modules()
+                                      if isinstance(layer, LoraLayer)}
         torch_pipe.fuse_lora(lora_scale=1.0)  # each adapter at the weight set_adapters gave it
-        torch_pipe.unload_lora_weights()  # the PEFT layers go; the fused weights stay
+        torch_pipe.unload_lora_weights()  # the PEFT layers go; the fused weights stay (same names as before)
+        return {component: names for component, names in changed.items() if names}
+
+    def _ir_with_weights(self, base: Path, torch_pipe, changed: dict[str, set[str]], out: Path) -> bool:
+        """Write into ``out`` the base IR with the LoRA-changed weights replaced by ``torch_pipe``'s fused ones;
+        False (nothing usable written) when a changed weight is not a plain fp32 constant of the same shape in
+        the base IR (an IR compressed to int8/fp16, or a layout this does not know): the caller exports then.
+
+        Why this rather than an export per LoRA set: it is the same model with other numbers in some constants,
+        and the exporter names each weight's constant after its PyTorch parameter ("self.<name>"), so writing
+        them takes ~0.3 s on tiny where a fused export takes ~25 s of CPU (~100 s wall on a loaded 2-core
+        machine). The accuracy test (test_openvino_lora.py) checks the result against the torch backend."""
+        import numpy as np
+        import openvino
+
+        patched = {}
+        for component, names in changed.items():
+            xml = base / component / "openvino_model.xml"
+            if not xml.is_file():
+                return False
+            model = self.core.read_model(str(xml))
+            weights = {name: p.detach() for name, p in getattr(torch_pipe, component).state_dict().items()
+                       if name in names}
+            found = set()
+            for op in model.get_ops():
+                name = op.get_friendly_name()
+                if op.get_type_name() != "Constant" or not name.startswith("self.") or name[5:] not in weights:
+                    continue
+                value = weights[name[5:]].float().numpy()
+                if op.get_output_element_type(0) != openvino.Type.f32 or tuple(op.get_output_shape(0)) != value.shape:
+                    return False
+                constant = openvino.op.Constant(np.ascontiguousarray(value))
+                constant.set_friendly_name(name)
+                for target in list(op.output(0).get_target_inputs()):
+                    target.replace_source_output(constant.output(0))
+                found.add(name[5:])
+            if found != set(weights) or len(weights) != len(names):
+                return False
+            patched[component] = model
+        # Unchanged parts are hard links to the base IR's files where the disk allows it: no second copy.
+        shutil.copytree(base, out, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=lambda folder, files: [f for f in files if Path(folder).name in patched
+                                                      and f.startswith("openvino_model.")])
+        for component, model in patched.items():
+            openvino.save_model(model, str(out / component / "openvino_model.xml"), compress_to_fp16=False)
+        return True
 
     def _load(self, plan: Plan, load_torch, hooks: RunHooks, loras: Optional[dict] = None) -> Loaded:
         lora_key, label = lora_set(plan.loras)
@@ -308,13 +371,30 @@ class OpenVINOBackend:
 
         cls = OVStableDiffusionXLPipeline if plan.model.family == "sdxl" else OVStableDiffusionPipeline
         torch_pipe = load_torch()
+        changed = {}
         if plan.loras:
             # Always, not only before an export: the PyTorch text encoder runs from this pipeline too.
             hooks.stage(f"fusing the LoRA set ({label}) into the model")
-            self._fuse_loras(torch_pipe, plan.loras, loras or {})
+            changed = self._fuse_loras(torch_pipe, plan.loras, loras or {})
         ir = self._ir_dir(plan.model.sha256, lora_key)
+        base = self._ir_dir(plan.model.sha256)
         what = f"the model with the LoRA set ({label})" if plan.loras else "the model"
-        if not (ir / "model_index.json").is_file():
+        written = None
+        if plan.loras and not (ir / "model_index.json").is_file() and (base / "model_index.json").is_file():
+            hooks.stage(f"writing the LoRA set's weights ({label}) into a copy of the model's IR")
+            start = time.perf_counter()
+            try:
+                with atomic_dir(ir) as out:
+                    if not self._ir_with_weights(base, torch_pipe, changed, out):
+                        raise _NotPatched()  # atomic_dir removes what was written; the export below runs
+                written = True
+            except _NotPatched:
+                written = False
+        if written:
+            load_note = (f"openvino: wrote the LoRA set's weights into the model's IR in "
+                         f"{time.perf_counter() - start:.1f} s (no export)")
+            self._prune_lora_irs(plan.model.sha256, ir)
+        elif not (ir / "model_index.json").is_file():
             hooks.stage(f"exporting {what} to OpenVINO IR")
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as src, atomic_dir(ir) as out, warnings.catch_warnings():
