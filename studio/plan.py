@@ -88,6 +88,8 @@ class CompilePlan(_Frozen):
     will_compile: bool
     reason: str
     evicts: Optional[str] = None  # the variant the LRU will drop to make room
+    # An export to IR the run does first (a new model or LoRA set), with the seconds it is expected to take.
+    export: Optional[str] = None
 
 
 class AppliedLora(_Frozen):

@@ -99,10 +99,11 @@ class Backend(Protocol):
 
     def predict_compile(self, request: GenerationRequest, model: str, width: int, height: int,
                         chunks: int, prompt_chunks: Optional[int] = None,
-                        image_method: Optional[str] = None) -> Optional[CompilePlan]:
+                        image_method: Optional[str] = None, loras: Optional[list] = None) -> Optional[CompilePlan]:
         """For a compiling backend: will this request compile, and why. None for eager backends.
         ``image_method`` is the plan's ImagePlan.method for an input image (None: text to image): what is
-        compiled depends on it."""
+        compiled depends on it. ``loras`` are the plan's AppliedLora: a backend that fuses them compiles
+        another model for each set."""
 
     def generate(self, plan: Plan, load_pipeline: Callable[[], Any], latents, generators,
                  on_step: Optional[StepCallback] = None, hooks: Optional[RunHooks] = None,

@@ -4,7 +4,8 @@ A static-shape backend compiles one variant per signature: the model, device, mo
 with CFG), image size, prompt length in 77-token chunks, and the task (text to image, image to image,
 inpaint: each compiles another set of models, the VAE encoder beside the UNet and decoder for an input
 image). A prompt that crosses 75·k tokens, a new resolution (an input image of another size) or another
-task needs a new compile; a signature still in the LRU is a hit. `predict` says which,
+task needs a new compile, and so does another LoRA set (its weights are fused into the exported model: another
+IR, so other compiled models); a signature still in the LRU is a hit. `predict` says which,
 and why, before anything runs; `activate` does it and reports events with measured seconds.
 """
 
@@ -39,6 +40,10 @@ class Signature:
     task: str = TEXT_TO_IMAGE  # a key of TASKS
     # The prompt's own chunk count, before a pad:N policy raised it: said in reasons, not part of the key.
     prompt_chunks: Optional[int] = field(default=None, compare=False)
+    # The LoRA set fused into the model, as (sha256 prefix, weight) in the order applied: () is the base model,
+    # whose signatures read and compare as they always did. ``lora_label`` names them for reasons only.
+    loras: tuple = ()
+    lora_label: str = field(default="", compare=False)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -48,13 +53,22 @@ class Signature:
         prefix = f"{self.model}:" if self.model else ""
         # The task is said only when it is not text to image: text-to-image signatures read as they always did.
         suffix = f":{TASKS[self.task]}" if self.task != TEXT_TO_IMAGE else ""
+        lora = f":lora-{lora_set_hash(self.loras)[:8]}" if self.loras else ""
         return (f"{prefix}{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
-                f"{suffix}")
+                f"{suffix}{lora}")
 
     @property
     def image_input(self) -> bool:
         """Whether this variant encodes an input image (and so holds a VAE encoder)."""
         return self.task != TEXT_TO_IMAGE
+
+
+def lora_set_hash(loras: tuple) -> str:
+    """A short hash of a LoRA set ((sha256, weight) pairs in order): names its IR folder and its signatures."""
+    import hashlib
+
+    text = ";".join(f"{sha}:{float(weight)!r}" for sha, weight in loras)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def describe_change(old: Optional[Signature], new: Signature) -> str:
@@ -63,6 +77,8 @@ def describe_change(old: Optional[Signature], new: Signature) -> str:
     changes = []
     if old.model != new.model:
         changes.append(f"model {old.model}→{new.model}")
+    if old.loras != new.loras:
+        changes.append(f"LoRA set changed: {old.lora_label or 'none'} → {new.lora_label or 'none'}")
     if old.task != new.task:
         changes.append(f"mask mode {old.task}→{new.task}")
     if (old.width, old.height) != (new.width, new.height):

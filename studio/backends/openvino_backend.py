@@ -12,10 +12,14 @@ input's size, which encodes the input (the posterior's mean: no draw) before the
 Modes: performance (EXECUTION_MODE_HINT=PERFORMANCE: the device's fastest precision, bf16 on CPUs
 with avx512_bf16/AMX) or accuracy (EXECUTION_MODE_HINT=ACCURACY, INFERENCE_PRECISION_HINT=f32).
 Compiled blobs are cached on disk in one folder per compile key (backends/blob_cache.py says why).
+LoRAs are fused into the PyTorch model (`_fuse_loras`) and the fused weights written into a copy of the base IR
+(`_ir_with_weights`; a fused export where that cannot be done): each LoRA set has an IR of its own beside the
+base model's, which stays the one exported without LoRAs (so runs without them are unchanged bit for bit).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -28,11 +32,12 @@ from typing import Any, Optional
 from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
                                   non_finite)
 from studio.backends.blob_cache import BlobCache
-from studio.backends.compile_manager import TEXT_TO_IMAGE, CompileManager, Signature
+from studio.backends.compile_manager import TEXT_TO_IMAGE, CompileManager, Signature, lora_set_hash
+from studio.adapters.loras import apply_to_pipeline
 from studio.backends.image_inputs import image_kwargs, scale_latents, watch_noise
 from studio.engine import precision
 from studio.engine.image_modes import METHODS
-from studio.plan import Plan, ResolvedBackend
+from studio.plan import AppliedLora, Plan, ResolvedBackend
 from studio.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
 from studio.fsutil import atomic_dir
@@ -44,6 +49,29 @@ from studio.runtime import quiet_libraries
 # An ImagePlan's method (None: text to image) → the task its signature compiles for (compile_manager.TASKS).
 TASK_OF_METHOD = {None: TEXT_TO_IMAGE, METHODS["img2img"]: "image to image",
                   METHODS["blend"]: "inpaint (latent blending)", METHODS["inpaint_unet"]: "inpaint (9-channel UNet)"}
+# LoRA-set IRs kept on disk per model (each is a full copy of the model's weights): the least recently used
+# beyond this are removed when another is exported. The base IR is never removed this way.
+LORA_IRS_KEPT = 3
+
+
+def lora_set(loras) -> tuple[tuple, str]:
+    """A plan's LoRAs as a signature holds them: (sha256 prefix, weight) in the order applied, and a label
+    for reasons ("style 0.8, ink 1"); ((), "") without LoRAs."""
+    loras = list(loras or [])
+    key = tuple((lora.sha256[:16], float(lora.weight)) for lora in loras)
+    return key, ", ".join(f"{lora.name} {lora.weight:g}" for lora in loras)
+
+
+class _NotPatched(Exception):
+    """The base IR could not take a LoRA set's weights: export the fused model instead."""
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+    return dst
 
 
 def _loaded_from_cache(compiled) -> bool:
@@ -82,6 +110,8 @@ class Loaded:
     ov_text: dict = field(default_factory=dict)  # (device, mode) → TextSide with compiled OpenVINO encoders
     fp32_vae: dict = field(default_factory=dict)  # (device, W, H) → an accuracy-mode VAE decoder, for the guard
     task_pipes: dict = field(default_factory=dict)  # "img2img" / "inpaint" → optimum-intel's pipeline, same models
+    ir: Optional[Path] = None  # the IR folder these models were read from (the base's, or a LoRA set's)
+    compile_key: str = ""  # the model's sha256, with the LoRA set's hash when there is one: the blob-cache key
 
 
 class _EncoderOutput(tuple):
@@ -126,7 +156,8 @@ class OpenVINOBackend:
         self.blobs = BlobCache(self.cache_dir / "openvino" / "compiled")
         self.manager = CompileManager(compile_cache_size)
         self._core = None
-        self._loaded: Optional[tuple[tuple, Loaded]] = None  # one model at a time
+        self._loaded: Optional[tuple[tuple, Loaded]] = None  # one model (and LoRA set) at a time
+        self._export_seconds: dict[str, float] = {}  # model short hash → its last measured export, for predictions
 
     # -- device and mode -------------------------------------------------------------------------
     @property
@@ -208,26 +239,130 @@ class OpenVINOBackend:
     # -- signatures --------------------------------------------------------------------------------
     @staticmethod
     def signature(request: GenerationRequest, model: str, width: int, height: int, chunks: int,
-                  device: str, prompt_chunks: Optional[int] = None, image_method: Optional[str] = None) -> Signature:
+                  device: str, prompt_chunks: Optional[int] = None, image_method: Optional[str] = None,
+                  loras: Optional[list[AppliedLora]] = None) -> Signature:
         cfg_batch = 2 if request.cfg > 1 else 1  # diffusers runs CFG as one batch of (negative, positive)
+        key, label = lora_set(loras)
         return Signature(device=device, mode=request.backend.ov_mode, batch=cfg_batch, width=width,
                          height=height, chunks=chunks, model=model, prompt_chunks=prompt_chunks,
-                         task=TASK_OF_METHOD[image_method])
+                         task=TASK_OF_METHOD[image_method], loras=key, lora_label=label)
 
-    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None):
-        return self.manager.predict(self.signature(request, model, width, height, chunks,
-                                                   self._device(request.backend.device), prompt_chunks, image_method))
+    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None,
+                        loras=None):
+        prediction = self.manager.predict(self.signature(request, model, width, height, chunks,
+                                                         self._device(request.backend.device), prompt_chunks,
+                                                         image_method, loras))
+        key, label = lora_set(loras)
+        if self._find_ir(model, key) is not None:
+            return prediction
+        if key and self._find_ir(model) is not None:
+            return prediction.model_copy(update={"export": f"the LoRA set's weights ({label}) written into a copy "
+                                                           "of the model's IR first (no export, under a second)"})
+        what = f"for the LoRA set {label}" if key else "of the model"
+        last = self._export_seconds.get(model)
+        expect = (f"~{last:.1f} s, as this model's last export" if last is not None else
+                  f"the first {'for this LoRA set' if key else 'of this model'} in this session: not measured yet")
+        return prediction.model_copy(update={"export": f"an export to OpenVINO IR {what} first ({expect})"})
 
     # -- export / load -----------------------------------------------------------------------------
-    def _ir_dir(self, sha256: str) -> Path:
+    @staticmethod
+    def _ir_suffix(loras: tuple = ()) -> str:
         import openvino
         from importlib.metadata import version
 
-        tag = f"{sha256[:16]}-ov{openvino.__version__.split('-')[0]}-oi{version('optimum-intel')}"
-        return self.cache_dir / "openvino" / "ir" / re.sub(r"[^A-Za-z0-9._-]", "_", tag)
+        lora = f"-lora{lora_set_hash(loras)}" if loras else ""  # the base IR's name is the one it always had
+        return re.sub(r"[^A-Za-z0-9._-]", "_", f"-ov{openvino.__version__.split('-')[0]}-oi{version('optimum-intel')}"
+                                                f"{lora}")
 
-    def _load(self, plan: Plan, load_torch, hooks: RunHooks) -> Loaded:
-        key = (plan.model.sha256, tuple(sorted(plan.backend.precision.items())))
+    def _ir_dir(self, sha256: str, loras: tuple = ()) -> Path:
+        """The IR folder of a model, or of the model with a LoRA set fused in (``loras`` as lora_set gives it)."""
+        return self.cache_dir / "openvino" / "ir" / f"{sha256[:16]}{self._ir_suffix(loras)}"
+
+    def _find_ir(self, short_hash: str, loras: tuple = ()) -> Optional[Path]:
+        """The exported IR of the model whose sha256 starts with ``short_hash`` (planning has only that), if any."""
+        root = self.cache_dir / "openvino" / "ir"
+        suffix = self._ir_suffix(loras)
+        if not root.is_dir():
+            return None
+        return next((d for d in root.iterdir() if d.name.startswith(short_hash) and d.name.endswith(suffix)
+                     and len(d.name) == 16 + len(suffix) and (d / "model_index.json").is_file()), None)
+
+    def _prune_lora_irs(self, sha256: str, keep: Path) -> None:
+        """Remove this model's least recently used LoRA-set IRs beyond LORA_IRS_KEPT (each is a whole model)."""
+        root = self.cache_dir / "openvino" / "ir"
+        prefix = f"{sha256[:16]}{self._ir_suffix()}-lora"
+        others = sorted((d for d in root.iterdir() if d.name.startswith(prefix) and d != keep and d.is_dir()),
+                        key=lambda d: d.stat().st_mtime, reverse=True)
+        for old in others[LORA_IRS_KEPT - 1:]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    @staticmethod
+    def _fuse_loras(torch_pipe, loras: list[AppliedLora], paths: dict) -> dict[str, set[str]]:
+        """Fuse the LoRA set into ``torch_pipe``'s weights (UNet and text encoders) at their weights, with
+        diffusers' own load_lora_weights / set_adapters / fuse_lora, then drop the PEFT layers so that only the
+        fused weights are left (what the PyTorch text encoder runs, and what goes into the IR). Returns the
+        weights the LoRAs changed: component → parameter names."""
+        from peft.tuners.lora import LoraLayer
+
+        # The plan refused pickles unless they were allowed, so its paths load as they are (as on torch).
+        apply_to_pipeline(torch_pipe, loras, paths, allow_unsafe_pickle=True)
+        changed = {}
+        for component in ("unet", "text_encoder", "text_encoder_2"):
+            module = getattr(torch_pipe, component, None)
+            if module is not None:
+                changed[component] = {f"{name}.weight" for name, layer in module.named_modules()
+                                      if isinstance(layer, LoraLayer)}
+        torch_pipe.fuse_lora(lora_scale=1.0)  # each adapter at the weight set_adapters gave it
+        torch_pipe.unload_lora_weights()  # the PEFT layers go; the fused weights stay (same names as before)
+        return {component: names for component, names in changed.items() if names}
+
+    def _ir_with_weights(self, base: Path, torch_pipe, changed: dict[str, set[str]], out: Path) -> bool:
+        """Write into ``out`` the base IR with the LoRA-changed weights replaced by ``torch_pipe``'s fused ones;
+        False (nothing usable written) when a changed weight is not a plain fp32 constant of the same shape in
+        the base IR (an IR compressed to int8/fp16, or a layout this does not know): the caller exports then.
+
+        Why this rather than an export per LoRA set: it is the same model with other numbers in some constants,
+        and the exporter names each weight's constant after its PyTorch parameter ("self.<name>"), so writing
+        them takes ~0.3 s on tiny where a fused export takes ~25 s of CPU (~100 s wall on a loaded 2-core
+        machine). The accuracy test (test_openvino_lora.py) checks the result against the torch backend."""
+        import numpy as np
+        import openvino
+
+        patched = {}
+        for component, names in changed.items():
+            xml = base / component / "openvino_model.xml"
+            if not xml.is_file():
+                return False
+            model = self.core.read_model(str(xml))
+            weights = {name: p.detach() for name, p in getattr(torch_pipe, component).state_dict().items()
+                       if name in names}
+            found = set()
+            for op in model.get_ops():
+                name = op.get_friendly_name()
+                if op.get_type_name() != "Constant" or not name.startswith("self.") or name[5:] not in weights:
+                    continue
+                value = weights[name[5:]].float().numpy()
+                if op.get_output_element_type(0) != openvino.Type.f32 or tuple(op.get_output_shape(0)) != value.shape:
+                    return False
+                constant = openvino.op.Constant(np.ascontiguousarray(value))
+                constant.set_friendly_name(name)
+                for target in list(op.output(0).get_target_inputs()):
+                    target.replace_source_output(constant.output(0))
+                found.add(name[5:])
+            if found != set(weights) or len(weights) != len(names):
+                return False
+            patched[component] = model
+        # Unchanged parts are hard links to the base IR's files where the disk allows it: no second copy.
+        shutil.copytree(base, out, dirs_exist_ok=True, copy_function=_link_or_copy,
+                        ignore=lambda folder, files: [f for f in files if Path(folder).name in patched
+                                                      and f.startswith("openvino_model.")])
+        for component, model in patched.items():
+            openvino.save_model(model, str(out / component / "openvino_model.xml"), compress_to_fp16=False)
+        return True
+
+    def _load(self, plan: Plan, load_torch, hooks: RunHooks, loras: Optional[dict] = None) -> Loaded:
+        lora_key, label = lora_set(plan.loras)
+        key = (plan.model.sha256, tuple(sorted(plan.backend.precision.items())), lora_key)
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
         self._loaded = None
@@ -236,18 +371,46 @@ class OpenVINOBackend:
 
         cls = OVStableDiffusionXLPipeline if plan.model.family == "sdxl" else OVStableDiffusionPipeline
         torch_pipe = load_torch()
-        ir = self._ir_dir(plan.model.sha256)
-        if not (ir / "model_index.json").is_file():
-            hooks.stage("exporting the model to OpenVINO IR")
+        changed = {}
+        if plan.loras:
+            # Always, not only before an export: the PyTorch text encoder runs from this pipeline too.
+            hooks.stage(f"fusing the LoRA set ({label}) into the model")
+            changed = self._fuse_loras(torch_pipe, plan.loras, loras or {})
+        ir = self._ir_dir(plan.model.sha256, lora_key)
+        base = self._ir_dir(plan.model.sha256)
+        what = f"the model with the LoRA set ({label})" if plan.loras else "the model"
+        written = None
+        if plan.loras and not (ir / "model_index.json").is_file() and (base / "model_index.json").is_file():
+            hooks.stage(f"writing the LoRA set's weights ({label}) into a copy of the model's IR")
+            start = time.perf_counter()
+            try:
+                with atomic_dir(ir) as out:
+                    if not self._ir_with_weights(base, torch_pipe, changed, out):
+                        raise _NotPatched()  # atomic_dir removes what was written; the export below runs
+                written = True
+            except _NotPatched:
+                written = False
+        if written:
+            load_note = (f"openvino: wrote the LoRA set's weights into the model's IR in "
+                         f"{time.perf_counter() - start:.1f} s (no export)")
+            self._prune_lora_irs(plan.model.sha256, ir)
+        elif not (ir / "model_index.json").is_file():
+            hooks.stage(f"exporting {what} to OpenVINO IR")
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as src, atomic_dir(ir) as out, warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the exporter's tracer chatter is not the user's business
                 torch_pipe.save_pretrained(src, safe_serialization=True)
                 cls.from_pretrained(src, export=True, compile=False).save_pretrained(out)
-            load_note = f"openvino: exported the model to IR in {time.perf_counter() - start:.1f} s"
+            seconds = time.perf_counter() - start
+            self._export_seconds[plan.model.short_hash] = seconds
+            load_note = f"openvino: exported {what} to IR in {seconds:.1f} s"
+            if plan.loras:
+                self._prune_lora_irs(plan.model.sha256, ir)
             hooks.check()  # the IR is complete on disk (atomic_dir): a Stop pressed meanwhile ends the run now
         else:
-            load_note = "openvino: IR loaded from cache (no export)"
+            load_note = f"openvino: IR {'of the LoRA set ' if plan.loras else ''}loaded from cache (no export)"
+            if plan.loras:
+                os.utime(ir)  # recently used: the last LoRA-set IR to be pruned
         # No CACHE_DIR here: studio compiles every part itself, each through its own key's blob folder.
         ov_pipe = cls.from_pretrained(str(ir), compile=False, local_files_only=True,
                                       ov_config=self._ov_config(plan.backend.mode))
@@ -257,7 +420,8 @@ class OpenVINOBackend:
         if plan.model.family == "sdxl":
             text.tokenizer_2, text.text_encoder_2 = torch_pipe.tokenizer_2, torch_pipe.text_encoder_2
         precision.apply(text, plan.backend.precision)
-        loaded = Loaded(ov_pipe, text, dict(ov_pipe.scheduler.config), load_note)
+        loaded = Loaded(ov_pipe, text, dict(ov_pipe.scheduler.config), load_note, ir=ir,
+                        compile_key=plan.model.sha256 + (f"+lora{lora_set_hash(lora_key)}" if lora_key else ""))
         self._loaded = (key, loaded)
         return loaded
 
@@ -274,7 +438,7 @@ class OpenVINOBackend:
         base = loaded.ov_pipe
         if base.vae_encoder is None:
             raise StudioError("this model's OpenVINO export has no VAE encoder, which an input image needs: delete "
-                              f"{self._ir_dir(plan.model.sha256)} so that the next run exports it again")
+                              f"{loaded.ir} so that the next run exports it again")
         xl = plan.model.family == "sdxl"
         cls = {("img2img", False): OVStableDiffusionImg2ImgPipeline,
                ("inpaint", False): OVStableDiffusionInpaintPipeline,
@@ -288,7 +452,7 @@ class OpenVINOBackend:
                        if getattr(base, name, None) is not None})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            made = cls.from_pretrained(str(self._ir_dir(plan.model.sha256)), compile=False, local_files_only=True,
+            made = cls.from_pretrained(str(loaded.ir), compile=False, local_files_only=True,
                                        ov_config=dict(base.ov_config), scheduler=base.scheduler, **shared)
         made.set_progress_bar_config(disable=True)
         loaded.task_pipes[kind] = made
@@ -367,7 +531,7 @@ class OpenVINOBackend:
                 hooks.stage(f"compiling the VAE decoder in fp32 for {plan.width}×{plan.height} (the performance-mode "
                             "decode gave NaN or a flat image)")
                 models, _ = self._compile_models({"VAE": self._vae_model(loaded.ov_pipe, plan.width, plan.height)},
-                                                 plan.backend.device, "accuracy", plan.model.sha256)
+                                                 plan.backend.device, "accuracy", loaded.compile_key)
                 loaded.fp32_vae[key] = models["VAE"]
             decoder = pipe.vae_decoder
             decoder.request = loaded.fp32_vae[key]
@@ -402,7 +566,7 @@ class OpenVINOBackend:
             model = exported.model.clone()
             model.reshape({model.inputs[0]: [1, 77]})
             models[attr] = model
-        compiled, notes = self._compile_models(models, plan.backend.device, plan.backend.mode, plan.model.sha256)
+        compiled, notes = self._compile_models(models, plan.backend.device, plan.backend.mode, loaded.compile_key)
         for attr, model in compiled.items():
             setattr(side, attr, OVTextEncoder(model))
         if hasattr(loaded.text, "tokenizer_2"):
@@ -423,21 +587,19 @@ class OpenVINOBackend:
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
                  hooks: Optional[RunHooks] = None, inputs=None, loras=None, embeddings=None):
-        if plan.loras:
-            raise StudioError("LoRAs run on the torch backend for now; use --backend torch")
         hooks = as_hooks(on_step, hooks)
-        loaded = self._load(plan, load_pipeline, hooks)
+        loaded = self._load(plan, load_pipeline, hooks, loras)
         request = plan.request
         method = plan.image.method if plan.image is not None else None
         sig = self.signature(request, plan.model.short_hash, plan.width, plan.height, plan.prompt.chunk_count,
-                             plan.backend.device, plan.prompt.own_chunks, method)
+                             plan.backend.device, plan.prompt.own_chunks, method, plan.loras)
         pipe, kind = loaded.ov_pipe, None
         if plan.image is not None:
             pipe, kind = self._task_pipeline(loaded, plan)
 
         def compile_variant(s: Signature) -> dict:
             hooks.stage(self.compile_stage(s))
-            return self._compile(loaded.ov_pipe, s, plan.model.sha256)
+            return self._compile(loaded.ov_pipe, s, loaded.compile_key)
 
         compiled, events = self.manager.activate(sig, compile_variant)
         # A Stop pressed during the compile ends the run now; the variant stays in the LRU (and its blob on

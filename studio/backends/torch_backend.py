@@ -68,8 +68,9 @@ class TorchBackend:
     def generator_device(self, resolved: ResolvedBackend) -> str:
         return resolved.device
 
-    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None):
-        return None  # eager: nothing is compiled
+    def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None,
+                        loras=None):
+        return None  # eager: nothing is compiled (LoRAs are PEFT adapters on the cached pipeline)
 
     @staticmethod
     def _key(plan: Plan) -> tuple:

@@ -198,7 +198,8 @@ class Engine:
             request = request.model_copy(update={"expanded_prompt": texts})
         # 5. compile prediction and risks
         compile_plan = backend.predict_compile(request, model.short_hash, width, height, prompt.chunk_count,
-                                               prompt.own_chunks, image_plan.method if image_plan else None)
+                                               prompt.own_chunks, image_plan.method if image_plan else None,
+                                               loras=loras)
         spec = sampler_spec(request.sampler)
         noise_plan = NoisePlan(source=noise_source, generator_device=generator_device, latent_shape=latent_shape,
                                from_sampler_alias=device_alias)
@@ -288,7 +289,7 @@ class Engine:
         backend = self.backend(plan.backend.name)
         prediction = backend.predict_compile(plan.request, plan.model.short_hash, plan.width, plan.height,
                                              plan.prompt.chunk_count, plan.prompt.own_chunks,
-                                             plan.image.method if plan.image else None)
+                                             plan.image.method if plan.image else None, loras=plan.loras)
         return plan.model_copy(update={"compile": prediction})
 
     def preview_fingerprints(self, plan: Plan) -> list[str]:
