@@ -104,7 +104,7 @@ class Studio:
         known, _ = split_known(preset.request.styles, self.engine.styles)
         request = preset.request.model_copy(update={"model": model, "styles": known})
         stored, missing = self.locate_inputs(request.image, folders, "the preset's")
-        plannable, lost_loras = self.without_missing_loras(request)
+        plannable, lost_loras = self.without_missing_adapters(request)
         plan = self.engine.plan(plannable if not missing else plannable.model_copy(update={"image": None}))
         report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
         report = _with_missing_loras(report, lost_loras, "the preset's")
@@ -143,6 +143,25 @@ class Studio:
 
         kept = [u for u in request.loras if here(u.name, u.sha256)]
         return request.model_copy(update={"loras": kept, "prompt": TAG.sub(drop, request.prompt)}), missing
+
+    def without_missing_embeddings(self, request: GenerationRequest):
+        """``request`` without the embeddings it records that are here under neither their name nor their hash
+        (their words are then plain words), and those missing as (name, hash, "embedding")."""
+        folder = self.engine.embeddings.files
+        missing, kept = [], []
+        for use in request.embeddings:
+            try:
+                folder.find(use.name, use.sha256)
+                kept.append(use)
+            except StudioError:
+                missing.append((use.name, use.sha256, "embedding"))
+        return (request.model_copy(update={"embeddings": kept}) if missing else request), missing
+
+    def without_missing_adapters(self, request: GenerationRequest):
+        """``request`` as it can be planned here, and the LoRAs and embeddings it uses that are not here."""
+        request, loras = self.without_missing_loras(request)
+        request, embeddings = self.without_missing_embeddings(request)
+        return request, loras + embeddings
 
     def make_preset(self, request: GenerationRequest, name: str):
         """The settings, planned here, as a Preset (with the plan and made_on) ready to save or share."""
@@ -257,7 +276,7 @@ class Studio:
         request = preset.request.model_copy(update={"model": located, "styles": known})
         stored, missing = self.locate_inputs(request.image, [Path(path).parent] if folders is None else folders,
                                              "the image's")
-        plannable, lost_loras = self.without_missing_loras(request)
+        plannable, lost_loras = self.without_missing_adapters(request)
         plan = self.engine.plan(plannable if not missing else plannable.model_copy(update={"image": None}))
         if info["source"] == "studio":
             from studio.repro import diff, environment
@@ -300,12 +319,15 @@ def _with_missing_loras(report: dict, missing: list[tuple[str, Optional[str], st
     differences = list(report.get("differences") or [])
     for name, sha, source in missing:
         digest = f" (sha256 {sha[:12]})" if sha else ""
-        differences.append({"field": f"loras.{name}", "preset": f"{name}{digest}", "here": "not here",
+        kind, field, flag = ("embedding", "embeddings", "--embeddings-dir") if source == "embedding" else \
+            ("LoRA", "loras", "--loras-dir")
+        differences.append({"field": f"{field}.{name}", "preset": f"{name}{digest}", "here": "not here",
                             "effect": "different",
-                            "fix": f"copy {whose} LoRA {name}{digest} into the LoRA folder (--loras-dir); any file "
+                            "fix": f"copy {whose} {kind} {name}{digest} into the {kind} folder ({flag}); any file "
                                    "name will do, it is found by its hash"})
     return {**report, "expected": "different", "differences": differences,
-            "missing_loras": [f"LoRA {name} ({source}) is not here" for name, _, source in missing]}
+            "missing_loras": [f"{'embedding' if source == 'embedding' else 'LoRA'} {name} ({source}) is not here"
+                              for name, _, source in missing]}
 
 
 def _with_missing_inputs(report: dict, image, missing: list[tuple[str, str]], whose: str) -> dict:

@@ -23,7 +23,7 @@ from studio.models.tokenizer import clip_tokenizer
 from studio.prompts.chunking import MAX_PROMPT_CHARS, check_length, count_tokens
 from studio.prompts.extra_networks import take_lora_tags
 from studio.repro import risks
-from studio.settings import AppConfig, GenerationRequest, LoraUse
+from studio.settings import AppConfig, EmbeddingUse, GenerationRequest, LoraUse
 from studio.styles import StyleLibrary, apply_styles, load_library
 from studio.engine import image_modes
 from studio.image_input import INPUTS_FOLDER, InputStore
@@ -191,7 +191,10 @@ class Engine:
         # finds the same bytes on another machine under any name.
         request = request.model_copy(update={
             "loras": [use.model_copy(update={"sha256": lora.sha256}) for use, lora in zip(request.loras, loras)],
-            "lora_hashes": {lora.name: lora.sha256 for lora in loras if lora.source == "prompt"}})
+            "lora_hashes": {lora.name: lora.sha256 for lora in loras if lora.source == "prompt"},
+            # the embeddings too: the prompt's word stays, the hash finds the file
+            "embeddings": [EmbeddingUse(name=name, sha256=sha) for name, sha in
+                           dict.fromkeys((e.name, e.sha256) for e in prompt.embeddings)]})
         if prompt.expansion is not None:
             # Written into the plan's request, so a replay of this plan uses the texts verbatim.
             texts = prompt.per_image if prompt.per_image is not None else prompt.prompt_final

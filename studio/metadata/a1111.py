@@ -43,6 +43,9 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
     if tagged:
         # A1111's field: what its <lora:…> tags were, by the file's short hash (civitai matches on it).
         fields.append(("Lora hashes", ", ".join(f"{lora.name}: {lora.short_hash}" for lora in tagged)))
+    used = list(dict.fromkeys((e.name, e.short_hash) for e in plan.prompt.embeddings))
+    if used:
+        fields.append(("TI hashes", ", ".join(f"{name}: {digest}" for name, digest in used)))
     if plan.backend.precision.get("vae") != "fp32":
         fields.append(("VAE precision", plan.backend.precision["vae"]))
     fields += [
@@ -271,6 +274,11 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
         if hashes and is_valid_request(lora_hashes=hashes):
             request["lora_hashes"] = hashes
             used.add("Lora hashes")
+    if "TI hashes" in fields:
+        embeddings = [{"name": n, "sha256": h} for n, h in _name_hashes(fields["TI hashes"]).items()]
+        if embeddings and is_valid_request(embeddings=embeddings):
+            request["embeddings"] = embeddings
+            used.add("TI hashes")
     model_hash = None
     if "Model hash" in fields and _HASH.fullmatch(fields["Model hash"].strip()):
         model_hash = fields["Model hash"].strip().lower()

@@ -176,7 +176,10 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
 
     def token_label(text: str) -> str:
         try:
-            return count_tokens(text or "", studio.engine.tokenizer()).label()
+            text = text or ""
+            # an embedding's word counts as its vectors, as the plan counts it
+            return count_tokens(text, studio.engine.tokenizer(), embeddings=studio.engine.embeddings.counts_in(text)
+                                ).label()
         except StudioError as exc:  # e.g. a weight out of range: say so where the count would be
             return f"⚠️ {public(exc.message)}"
 
