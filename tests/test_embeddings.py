@@ -141,3 +141,22 @@ def test_sdxl_embedding_with_clip_l_and_clip_g(engine, tiny_request, folder):
     with pytest.raises(StudioError, match=r"tiword\.safetensors is for a text encoder 32 wide; this model is sdxl"):
         write_embedding(folder / "tiword.safetensors", pipe, widths=(32,), seed=1)
         engine.plan(tiny_request(model="tiny-sdxl", prompt="tiword", **STEPS))
+
+
+def test_infotext_records_ti_hashes_and_the_request_the_hash(config, tiny_pipe, folder):
+    from pathlib import Path
+
+    from studio.metadata.a1111 import parse_infotext
+    from studio.metadata.png import read_text_chunks
+    from studio.service import Studio
+    from studio.settings import build_request
+
+    write_embedding(folder / "tiinfo.safetensors", tiny_pipe, vectors=2, seed=7)
+    studio = Studio(config)
+    plan = studio.plan(build_request(prompt="a photo of tiinfo", negative_prompt="tiinfo", seed=3, sampler="euler",
+                                     model="tiny", **STEPS))
+    [used_p, used_n] = plan.prompt.embeddings
+    assert [u.model_dump() for u in plan.request.embeddings] == [{"name": "tiinfo", "sha256": used_p.sha256}]
+    text = read_text_chunks(Path(studio.run_job(plan).saved[0]["path"]))["parameters"]
+    assert f"TI hashes: \"tiinfo: {used_p.short_hash}\"" in text.splitlines()[-1]
+    assert parse_infotext(text)["request"]["embeddings"] == [{"name": "tiinfo", "sha256": used_p.short_hash}]
