@@ -78,6 +78,15 @@ def test_a_prompt_tag_is_the_same_lora_and_is_not_counted_as_tokens(run, engine)
     assert count_tokens("a cat <lora:t-kohya:0.8>", tok).tokens == count_tokens("a cat", tok).tokens
 
 
+def test_an_sdxl_lora_with_both_text_encoders_on_sdxl(run):
+    _, base = run(model="tiny-sdxl")
+    plan, image = run(model="tiny-sdxl", loras=[{"name": "t-sdxl", "weight": 0.6}])
+    assert plan.loras[0].format == "kohya"
+    assert np.abs(image - base).max() > 1e-3
+    _, again = run(model="tiny-sdxl")
+    assert np.array_equal(again, base)
+
+
 @pytest.mark.parametrize("prompt, words", [
     ("a cat <lora:t-kohya:strong>", "is not a number"),
     ("a cat <lora:nothing-here:0.5>", "is not in"),

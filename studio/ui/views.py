@@ -84,6 +84,11 @@ def plan_markdown(plan, fingerprints: list[str] | None, input_notes: list[str] =
                           + "".join(f"\n- {html.escape(n)}" for n in (*input_notes, *plan.image.notes)))
     if plan.loras:
         paragraphs.append(lora_markdown(plan.loras))
+    if plan.prompt.embeddings:
+        paragraphs.append("**Embeddings:** " + ", ".join(
+            f"{html.escape(e.name)} ({e.where}, {e.vectors} token{'s' * (e.vectors != 1)}) · `{e.short_hash}`"
+            + (f" → file {html.escape(e.file)}" if e.file.rsplit('.', 1)[0] != e.name else "")
+            for e in plan.prompt.embeddings))
     if plan.prompt.styles:
         paragraphs.append("**Styles:** " + ", ".join(html.escape(st.name) for st in plan.prompt.styles)
                           + f" → encoded prompt: {html.escape(plan.prompt.prompt_styled)}"
@@ -93,6 +98,8 @@ def plan_markdown(plan, fingerprints: list[str] | None, input_notes: list[str] =
         paragraphs.append(f"⚙️ **Will compile** `{c.signature}`: {c.reason}"
                           + (f" (drops `{c.evicts}` from the cache)" if c.evicts else "")
                           if c.will_compile else f"✅ **Compiled variant cached:** `{c.signature}` (no recompile)")
+        if c.export:
+            paragraphs.append(f"📦 **First:** {html.escape(c.export)}")
         room = plan.prompt.chunk_count * 75 - max(plan.prompt.tokens, plan.prompt.negative_tokens)
         if plan.request.chunk_policy == "exact" and room <= 10:
             paragraphs.append(f"⚠️ {room} token{'s' * (room != 1)} to the next 75-token boundary: crossing it recompiles. "
