@@ -87,7 +87,11 @@ def test_lora_set_change_is_predicted_and_reported_the_same(runs):
     assert plan.compile.will_compile and plan.compile.reason == reason
     assert plan.compile.export == ("the LoRA set's weights (style 0.8) written into a copy of the model's IR first "
                                    "(no export, under a second)")
-    assert runs["base"][0].compile.export.startswith("an export to OpenVINO IR of the model first")
+    base_plan, base_result, _ = runs["base"]
+    if export_seconds(base_result) is not None:  # this module exported the base model (no other test had)
+        assert base_plan.compile.export.startswith("an export to OpenVINO IR of the model first")
+    else:
+        assert base_plan.compile.export is None
     assert [(e["kind"], e["reason"]) for e in result.compile_events] == [("compile", reason)]
     assert export_seconds(result) is None and weights_seconds(result) is not None
     assert plan.compile.signature != runs["base"][0].compile.signature
