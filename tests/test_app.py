@@ -7,7 +7,7 @@ def controls(**overrides):
     from studio.ui.app import API_ORDER
 
     values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
-                  steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
+                  performance="Custom", steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
                   deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
                   backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact",
                   clip_skip=1, styles=[], image_mode="vary-subtle", strength=0, mask_blur=0, inpaint_area="whole",

@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.choices import mode_of, performance_of
 from studio.controls import CONTROL_ORDER
 from studio.errors import StudioError
 
@@ -60,7 +61,7 @@ def request_values(values: dict, image: dict | None = None) -> dict:
                  # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
                  "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
         chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], styles=values["styles"] or [],
-        expanded_prompt=_replay_texts(values), image=image,
+        expanded_prompt=_replay_texts(values), image=image, performance=mode_of(values["performance"]),
     )
 
 
@@ -77,7 +78,7 @@ def control_values(request, inputs=None) -> dict:
         deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
         vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
         ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, chunk_policy=r.chunk_policy,
-        clip_skip=r.clip_skip, styles=list(r.styles),
+        clip_skip=r.clip_skip, styles=list(r.styles), performance=performance_of(r.steps, r.performance),
         replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
         if r.expansion and isinstance(r.expanded_prompt, list) else None,
         live_preview=True,
