@@ -374,6 +374,14 @@ def image_plan_lines(plan) -> list[str]:
     return [] if plan.image is None else ["input image: " + plan.image.summary(plan.request.steps)]
 
 
+def plan_lines(plan) -> list[str]:
+    """What a terminal is told of a plan beyond its JSON: a fast mode's settings and LoRA, the input image's run."""
+    from studio.performance import performance_summary
+
+    fast = ["performance: " + performance_summary(plan.performance)] if plan.performance else []
+    return fast + image_plan_lines(plan)
+
+
 def _note_image_plan(plan) -> None:
     for note in plan.image.notes if plan.image is not None else []:
         _note(note)
@@ -389,7 +397,7 @@ def cmd_generate(args) -> dict:
     _note_untrained(plans[0])
     _note_image_plan(plans[0])
     if not args.json:
-        for line in image_plan_lines(plans[0]):
+        for line in plan_lines(plans[0]):
             print(line, file=sys.stderr)
     studio.check_output_folder()  # before minutes of work, not after
     for plan in plans:
@@ -435,7 +443,7 @@ def cmd_plan(args) -> dict:
     _note_untrained(plan)
     _note_image_plan(plan)
     if not args.json:  # stdout stays the plan's JSON (scripts read it); the summary is for the reader
-        for line in image_plan_lines(plan):
+        for line in plan_lines(plan):
             print(line, file=sys.stderr)
     return plan.to_json_dict()
 

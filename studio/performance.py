@@ -95,6 +95,17 @@ def expand(request, mode: FastMode) -> tuple[object, dict]:
     return request.model_copy(update=chosen), info
 
 
+def performance_summary(info: dict) -> str:
+    """One line of what a fast mode set (Plan.performance): its values, its LoRA, and what it replaced."""
+    line = (f"{info['label']}: {info['steps']} steps · {info['sampler']} · CFG {info['cfg']:g} · LoRA "
+            f"{info.get('lora', '?')} at {info.get('weight', 1.0):g}")
+    replaced = info.get("replaced") or {}
+    if replaced:
+        line += " (in place of " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in replaced.items()) + ")"
+    return line
+
+
 def _check_table() -> None:
     import typing
 

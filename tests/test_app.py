@@ -1,5 +1,7 @@
 """The app as users reach it: a real Gradio server on 127.0.0.1, driven through its HTTP API."""
 
+import pytest
+
 from studio.ui.server import main as serve
 
 
@@ -53,6 +55,20 @@ def test_plan_preview_shows_risks_and_fingerprints_before_generate(server):
     assert "vae_not_fp32" in risky and "device_noise" in risky and "from the -gpu sampler name" in risky
     error, _ = client.predict(*controls(unet_dtype="fp16"), api_name="/plan_preview")
     assert "fp16 is not supported on CPU" in error
+
+
+def test_performance_fast_modes_through_the_api(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    error, _ = client.predict(*controls(performance="Extreme Speed"), api_name="/plan_preview")
+    # (the page names the folder without the server's path)
+    assert ("error: Extreme Speed needs the LCM LoRA lcm-lora-sdv1-5.safetensors in loras: copy it there (nothing is "
+            "downloaded)") in error
+    error, _ = client.predict(*controls(performance="Lightning"), api_name="/plan_preview")
+    assert "Lightning has no Lightning LoRA for SD1 models" in error
+    with pytest.raises(Exception, match="'Turbo'.* is not in the list of choices"):  # Gradio's radio refuses it
+        client.predict(*controls(performance="Turbo"), api_name="/plan_preview")
 
 
 def test_plan_preview_flags_a_recompile(server):

@@ -62,6 +62,10 @@ def test_extreme_speed_applies_the_lcm_lora_and_the_plan_says_what_it_set(engine
     assert plan.performance == {"mode": "extreme-speed", "label": "Extreme Speed", "steps": 8, "sampler": "lcm",
                                 "cfg": 1.0, "replaced": {"steps": 30, "sampler": "euler", "cfg": 7.0},
                                 "lora": "lcm-lora-sdv1-5.safetensors", "weight": 1.0}
+    from studio.ui.views import plan_markdown
+
+    assert ("**Performance:** Extreme Speed: 8 steps · lcm · CFG 1 · LoRA lcm-lora-sdv1-5.safetensors at 1 (in place "
+            "of steps 30, sampler euler, cfg 7)") in plan_markdown(plan, None)
     [lora] = plan.loras
     assert (lora.file, lora.weight, lora.source) == ("lcm-lora-sdv1-5.safetensors", 1.0, "performance")
     assert plan.request.performance_lora.sha256 == lora.sha256  # recorded: a replay finds these bytes
