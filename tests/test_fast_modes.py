@@ -142,3 +142,12 @@ def test_the_performance_radio_sets_the_controls_and_the_request():
     assert performance_after_steps(9, "Extreme Speed") == "Custom"
     assert [mode_of(label) for label in PERFORMANCE_LABELS] == [None, None, "extreme-speed", "lightning", None]
     assert performance_of(4, "lightning") == "Lightning" and performance_of(60, None) == "Quality"
+
+
+def test_a_request_with_a_fast_mode_opens_in_the_app_as_it_runs(tiny_request):
+    from studio.ui.page import control_values, request_values
+
+    values = control_values(tiny_request(performance="extreme-speed", steps=30, sampler="euler", cfg=7.0))
+    assert (values["performance"], values["steps"], values["sampler"], values["cfg"]) == ("Extreme Speed", 8, "lcm", 1.0)
+    assert request_values({**values, "seed_mode": "fixed", "replay": None})["performance"] == "extreme-speed"
+    assert control_values(tiny_request(steps=60))["performance"] == "Quality"

@@ -71,6 +71,12 @@ def control_values(request, inputs=None) -> dict:
     from studio.ui.tabs.input_image import image_values
 
     r = request
+    if r.performance is not None:
+        # The controls show what will run: a fast mode's steps, sampler and CFG (the plan sets them anyway), so
+        # the steps control does not read as Custom and turn the mode off.
+        from studio.performance import FAST_MODES, expand
+
+        r = expand(r, FAST_MODES[r.performance])[0]
     return dict(**image_values(r, inputs),
         prompt=r.prompt, negative_prompt=r.negative_prompt, seed=-1 if r.seed is None else r.seed,
         seed_mode=r.seed_mode, batch=r.batch, steps=r.steps, cfg=r.cfg, sampler=r.sampler,

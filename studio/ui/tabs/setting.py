@@ -98,8 +98,9 @@ def ratios_for(page, model: str, width, height):
 
 def wire_model(page) -> None:
     c = page.c
-    # Wired once every tab is built: the sampler and CFG controls live in the Advanced tab.
-    c["performance"].change(controls_for, [c["performance"], c["steps"], c["sampler"], c["cfg"]],
+    # Wired once every tab is built: the sampler and CFG controls live in the Advanced tab. On the user's pick
+    # only (input, not change): opening a preset sets the radio too, and must keep the preset's sampler and CFG.
+    c["performance"].input(controls_for, [c["performance"], c["steps"], c["sampler"], c["cfg"]],
                             [c["steps"], c["sampler"], c["cfg"]], api_visibility="private", show_progress="hidden")
     c["model"].change(lambda m, w, h: ratios_for(page, m, w, h), [c["model"], c["width"], c["height"]],
                       page.parts["aspect"], api_visibility="private", show_progress="hidden")
