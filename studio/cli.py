@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from studio.choices import PERFORMANCE_FLAGS
 from studio.controls import CONTROLS
 from studio.errors import ArgumentParser, StudioError
 
@@ -37,6 +38,10 @@ def _add_generate_flags(p: argparse.ArgumentParser) -> None:
         kind = {"number": int, "slider": float if control.step != 1 else int}.get(control.kind, str)
         choices = control.choices if control.choices and control.name not in ("sampler", "chunk_policy") else None
         p.add_argument(control.flag, dest=control.name, type=kind, choices=choices, help=control.help or None)
+    p.add_argument("--performance", choices=list(PERFORMANCE_FLAGS),
+                   help="quality (60 steps) or speed (30) set --steps; extreme-speed (the LCM LoRA, 8 steps, lcm, "
+                        "CFG 1) and lightning (the Lightning LoRA, 4 steps, euler_sgm_uniform, CFG 1) set steps, "
+                        "sampler and CFG and apply their LoRA from the LoRA folder")
     p.add_argument("--image", type=Path, metavar="IN.png",
                    help="an input image to vary, upscale, inpaint or outpaint (--mode; PNG, JPEG, WebP, BMP, GIF, "
                         "TIFF or AVIF); stored by its pixels' hash in the output folder's inputs/")
@@ -316,6 +321,18 @@ def _read_inputs(args, values: dict, preset_image: dict | None, studio) -> dict:
     return values
 
 
+def _performance_values(args) -> dict:
+    """--performance as request values: quality/speed set the steps (a request never stores the shortcut), a
+    fast mode is named (the plan sets its steps, sampler and CFG, and says which flags it replaced)."""
+    value = PERFORMANCE_FLAGS[args.performance]
+    if isinstance(value, str):
+        return {"performance": value}
+    if args.steps is not None and args.steps != value:
+        raise StudioError(f"--performance {args.performance} means {value} steps and --steps says {args.steps}: "
+                          "give one of them")
+    return {"performance": None, "steps": value}
+
+
 def requests_from_args(args, studio=None):
     """The requests the flags ask for (one per prompt). ``studio`` (the service) opens --preset, names the
     --model, reads an input image or mask given by file into its inputs store and finds a preset's there;
@@ -339,6 +356,9 @@ def requests_from_args(args, studio=None):
     for flag, field in simple.items():
         if getattr(args, flag) is not None:
             values[field] = getattr(args, flag)
+    if args.performance is not None:
+        values.update(_performance_values(args))
+        base.pop("performance_lora", None)  # a preset's recorded speed LoRA belongs to its own mode
     if args.expansion is not None:
         values["expansion"] = args.expansion == "on"
     if args.style is not None:
@@ -397,6 +417,14 @@ def image_plan_lines(plan) -> list[str]:
     return [] if plan.image is None else ["input image: " + plan.image.summary(plan.request.steps)]
 
 
+def plan_lines(plan) -> list[str]:
+    """What a terminal is told of a plan beyond its JSON: a fast mode's settings and LoRA, the input image's run."""
+    from studio.performance import performance_summary
+
+    fast = ["performance: " + performance_summary(plan.performance)] if plan.performance else []
+    return fast + image_plan_lines(plan)
+
+
 def _note_image_plan(plan) -> None:
     for note in plan.image.notes if plan.image is not None else []:
         _note(note)
@@ -412,7 +440,7 @@ def cmd_generate(args) -> dict:
     _note_untrained(plans[0])
     _note_image_plan(plans[0])
     if not args.json:
-        for line in image_plan_lines(plans[0]):
+        for line in plan_lines(plans[0]):
             print(line, file=sys.stderr)
     studio.check_output_folder()  # before minutes of work, not after
     for plan in plans:
@@ -458,7 +486,7 @@ def cmd_plan(args) -> dict:
     _note_untrained(plan)
     _note_image_plan(plan)
     if not args.json:  # stdout stays the plan's JSON (scripts read it); the summary is for the reader
-        for line in image_plan_lines(plan):
+        for line in plan_lines(plan):
             print(line, file=sys.stderr)
     return plan.to_json_dict()
 

@@ -70,6 +70,10 @@ CONTROLS: tuple[Control, ...] = (
     Control("seed_mode", ("seed_mode",), "After each run", "choice", "--seed-mode",
             "fixed keeps the seed, increment moves past the batch, random draws a new one"),
     Control("batch", ("batch",), "Image number", "slider", "--batch"),
+    # Quality and Speed only set steps; the fast modes set steps, sampler and CFG and add their LoRA. The CLI's
+    # --performance (studio/cli.py) takes the step counts too, so its choices are not the field's.
+    Control("performance", ("performance",), "Performance", "choice", None,
+            "Extreme Speed (LCM LoRA) and Lightning set steps, sampler and CFG and add their LoRA from loras/"),
     Control("steps", ("steps",), "Steps", "slider", "--steps"),
     Control("cfg", ("cfg",), "Guidance scale (CFG)", "slider", "--cfg", step=0.5),
     Control("sampler", ("sampler",), "Sampler", "choice", "--sampler",

@@ -174,6 +174,9 @@ class Plan(_Frozen):
     compile: Optional[CompilePlan] = None
     image: Optional[ImagePlan] = None  # image input: None for text to image
     loras: list[AppliedLora] = []  # in the order applied
+    # A fast mode (studio/performance.py): its name, the steps, sampler and CFG it set (the request above holds
+    # them too) and the values of the request it replaced; None without one. Its LoRA is in `loras`.
+    performance: Optional[dict] = None
 
     @property
     def steps_run(self) -> int:

@@ -35,6 +35,19 @@ _SPECS = [
                 stochastic=True, a1111_name="DPM++ 2M SDE Karras"),
     SamplerSpec("dpmpp_sde", "DPMSolverSDEScheduler", stochastic=True, a1111_name="DPM++ SDE"),
     SamplerSpec("uni_pc", "UniPCMultistepScheduler", a1111_name="UniPC"),
+    # Fooocus's Extreme Speed runs ComfyUI's `lcm` sampler on its `lcm` schedule: LCM's multi-step sampling
+    # over the 50-step skipping schedule LCM(-LoRA) was distilled on, which is diffusers' LCMScheduler. It
+    # adds fresh noise after every step but the last: stochastic, and the diffusers pipelines hand their
+    # `generator` (the image's) to its step(), so that noise is the image's own draw, as for Euler a.
+    SamplerSpec("lcm", "LCMScheduler", stochastic=True, a1111_name="LCM"),
+    # Fooocus's Lightning runs Euler on ComfyUI's `sgm_uniform` schedule: timesteps evenly spaced from the
+    # last training timestep (999) down, not reaching 0 (linspace(999, 0, steps + 1)[:-1]), then sigma 0.
+    # diffusers' "trailing" spacing is the same walk (round(arange(1000, 0, -1000/steps)) - 1: 999, 749,
+    # 499, 249 for 4 steps; ComfyUI's 749.25… differ by under one timestep) and is what SDXL-Lightning's
+    # authors prescribe for their LoRA. A1111 writes it as the Euler sampler with "SGM Uniform" schedule;
+    # its infotext reader splits that suffix off a combined name as it does " Karras".
+    SamplerSpec("euler_sgm_uniform", "EulerDiscreteScheduler", {"timestep_spacing": "trailing"},
+                a1111_name="Euler SGM Uniform"),
 ]
 SAMPLERS: dict[str, SamplerSpec] = {s.name: s for s in _SPECS}
 DEFAULT_SAMPLER = "dpmpp_2m_sde_karras"  # Fooocus's default: dpmpp_2m_sde with karras

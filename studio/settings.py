@@ -48,6 +48,8 @@ class BackendSpec(_Strict):
     text_encoder: Literal["torch", "openvino"] = "torch"
 
 
+# Fooocus's fast modes (their steps, sampler, CFG and LoRA are studio/performance.py's table).
+FastModeName = Literal["extreme-speed", "lightning"]
 ImageMode = Literal["vary-subtle", "vary-strong", "upscale-1.5", "upscale-2", "inpaint", "outpaint"]
 SHA256 = r"^[0-9a-f]{64}$"
 
@@ -196,6 +198,13 @@ class GenerationRequest(_Strict):
                                            description="textual-inversion embeddings by the word the prompt uses, "
                                                        "with their hashes; a word of the prompt or negative that "
                                                        "names a file in embeddings/ is one too")
+    performance: Optional[FastModeName] = Field(
+        default=None, description="Fooocus's fast mode (studio/performance.py): its LoRA at weight 1.0, and its "
+                                  "steps, sampler and CFG in place of the request's; None: as set (Quality and "
+                                  "Speed are step counts)")
+    performance_lora: Optional[LoraUse] = Field(
+        default=None, description="the fast mode's LoRA as a plan found it (name, sha256), written by the plan so "
+                                  "a replay applies the same bytes; leave unset to take the mode's file by name")
 
     @field_validator("sampler")
     @classmethod
@@ -255,6 +264,16 @@ class GenerationRequest(_Strict):
                 raise ValueError(f"LoRA {name[:60]!r}: {sha[:70]!r} is not a sha256 (64 hex) or a short hash (10 or "
                                  "12 hex)")
         return v
+
+    @model_validator(mode="after")
+    def _performance_lora_needs_its_mode(self) -> "GenerationRequest":
+        lora = self.performance_lora
+        if lora is not None and self.performance is None:
+            raise ValueError("performance_lora is set but performance is not: set performance (extreme-speed or "
+                             "lightning) or drop performance_lora")
+        if lora is not None and lora.weight != 1.0:
+            raise ValueError(f"performance_lora: a fast mode applies its LoRA at weight 1.0, not {lora.weight:g}")
+        return self
 
     @model_validator(mode="after")
     def _one_text_per_image(self) -> "GenerationRequest":

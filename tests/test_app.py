@@ -1,5 +1,7 @@
 """The app as users reach it: a real Gradio server on 127.0.0.1, driven through its HTTP API."""
 
+import pytest
+
 from studio.ui.server import main as serve
 
 
@@ -7,7 +9,7 @@ def controls(**overrides):
     from studio.ui.app import API_ORDER
 
     values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
-                  steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
+                  performance="Custom", steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
                   deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
                   backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact",
                   clip_skip=1, styles=[], image_mode="vary-subtle", strength=0, mask_blur=0, inpaint_area="whole",
@@ -55,6 +57,20 @@ def test_plan_preview_shows_risks_and_fingerprints_before_generate(server):
     assert "vae_not_fp32" in risky and "device_noise" in risky and "from the -gpu sampler name" in risky
     error, _ = client.predict(*controls(unet_dtype="fp16"), api_name="/plan_preview")
     assert "fp16 is not supported on CPU" in error
+
+
+def test_performance_fast_modes_through_the_api(server):
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    error, _ = client.predict(*controls(performance="Extreme Speed"), api_name="/plan_preview")
+    # (the page names the folder without the server's path)
+    assert ("error: Extreme Speed needs the LCM LoRA lcm-lora-sdv1-5.safetensors in loras: copy it there (nothing is "
+            "downloaded)") in error
+    error, _ = client.predict(*controls(performance="Lightning"), api_name="/plan_preview")
+    assert "Lightning has no Lightning LoRA for SD1 models" in error
+    with pytest.raises(Exception, match="'Turbo'.* is not in the list of choices"):  # Gradio's radio refuses it
+        client.predict(*controls(performance="Turbo"), api_name="/plan_preview")
 
 
 def test_plan_preview_flags_a_recompile(server):

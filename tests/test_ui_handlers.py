@@ -11,8 +11,9 @@ def test_performance_sets_the_steps_and_a_custom_value_keeps_working():
     from studio.choices import CUSTOM, performance_of
     from studio.ui.tabs.setting import steps_for
 
-    assert [steps_for(p, 17) for p in ("Quality", "Speed", "Extreme speed", CUSTOM)] == [60, 30, 8, 17]
+    assert [steps_for(p, 17) for p in ("Quality", "Speed", "Extreme Speed", "Lightning", CUSTOM)] == [60, 30, 8, 4, 17]
     assert performance_of(30) == "Speed" and performance_of(31) == CUSTOM
+    assert performance_of(8) == CUSTOM  # typing 8 steps is not Extreme Speed: that adds a LoRA
 
 
 def test_aspect_ratios_follow_the_model_family():

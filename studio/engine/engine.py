@@ -14,6 +14,7 @@ from studio.adapters import embeddings as ti
 from studio.adapters.embeddings import EmbeddingLibrary
 from studio.adapters.loras import LoraLibrary
 from studio.backends.base import Backend, ImageSkipped, RunHooks, StepCallback
+from studio import performance
 from studio.engine import determinism, noise
 from studio.plan import AppliedStyle, ModelInfo, NoisePlan, Plan, PromptPlan
 from studio.samplers import sampler_spec, split_alias
@@ -160,6 +161,11 @@ class Engine:
             # Drawn once and written into the plan's request, so replaying the plan repeats it.
             request = request.model_copy(update={"seed": noise.draw_seed()})
         seeds = noise.image_seeds(request.seed, request.batch)
+        # 2b. a fast mode decides steps, sampler and CFG (as in Fooocus) before anything reads them
+        fast_mode = fast_info = None
+        if request.performance is not None:
+            fast_mode = performance.FAST_MODES[request.performance]
+            request, fast_info = performance.expand(request, fast_mode)
         # 3. size and latent layout
         arch = architecture(source, self.config.cache_dir)
         image_plan = None
@@ -184,9 +190,17 @@ class Engine:
             # The compiled text encoder takes token ids only: no vectors can be put in its input.
             raise StudioError(f"embedding {prompt.embeddings[0].file} needs the PyTorch text encoder; the OpenVINO "
                               "one takes token ids only: use --text-encoder torch")
-        loras = self.loras.resolve([(use, "request") for use in request.loras]
-                                   + [(LoraUse(name=n, weight=w, sha256=request.lora_hashes.get(n)), "prompt")
-                                      for n, w in tags], arch["cross_attention_dim"], source.family)
+        uses = [(use, "request") for use in request.loras] + \
+            [(LoraUse(name=n, weight=w, sha256=request.lora_hashes.get(n)), "prompt") for n, w in tags]
+        if fast_mode is not None:  # applied after the user's LoRAs, as Fooocus adds it
+            uses.append((performance.find_speed_lora(fast_mode, source.family, self.loras.files,
+                                                     request.performance_lora), "performance"))
+        loras = self.loras.resolve(uses, arch["cross_attention_dim"], source.family)
+        if fast_mode is not None:
+            found = loras[-1]
+            # Written into the plan's request: a replay (a preset, an image) finds these bytes by hash.
+            request = request.model_copy(update={"performance_lora": LoraUse(name=found.name, sha256=found.sha256)})
+            fast_info = {**fast_info, "lora": found.file, "weight": found.weight}
         # Each LoRA's full hash is written into the plan's request, so a preset or an image made from it
         # finds the same bytes on another machine under any name.
         request = request.model_copy(update={
@@ -212,7 +226,7 @@ class Engine:
             noise=noise_plan,
             model=model, backend=resolved, prompt=prompt, determinism=determinism.settings(request.deterministic),
             risks=risks.assess(request, resolved, model, prompt, noise_plan), compile=compile_plan, image=image_plan,
-            loras=loras,
+            loras=loras, performance=fast_info,
         )
 
     def reload_styles(self) -> StyleLibrary:

@@ -7,6 +7,7 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.choices import mode_of, performance_of
 from studio.controls import (CONTROL_ORDER, LORA_DEFAULT_WEIGHT, LORA_NONE, LORA_ORDER, LORA_SLOTS,
                              lora_slot_names)
 from studio.errors import StudioError
@@ -99,6 +100,7 @@ def request_values(values: dict, image: dict | None = None) -> dict:
                  "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
         chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], styles=values["styles"] or [],
         expanded_prompt=_replay_texts(values), image=image, loras=slot_loras(values),
+        performance=mode_of(values["performance"]),
     )
 
 
@@ -108,6 +110,12 @@ def control_values(request, inputs=None) -> dict:
     from studio.ui.tabs.input_image import image_values
 
     r = request
+    if r.performance is not None:
+        # The controls show what will run: a fast mode's steps, sampler and CFG (the plan sets them anyway), so
+        # the steps control does not read as Custom and turn the mode off.
+        from studio.performance import FAST_MODES, expand
+
+        r = expand(r, FAST_MODES[r.performance])[0]
     return dict(**image_values(r, inputs), **slot_values(r),
         prompt=r.prompt, negative_prompt=r.negative_prompt, seed=-1 if r.seed is None else r.seed,
         seed_mode=r.seed_mode, batch=r.batch, steps=r.steps, cfg=r.cfg, sampler=r.sampler,
@@ -115,7 +123,7 @@ def control_values(request, inputs=None) -> dict:
         deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
         vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
         ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, chunk_policy=r.chunk_policy,
-        clip_skip=r.clip_skip, styles=list(r.styles),
+        clip_skip=r.clip_skip, styles=list(r.styles), performance=performance_of(r.steps, r.performance),
         replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
         if r.expansion and isinstance(r.expanded_prompt, list) else None,
         live_preview=True,

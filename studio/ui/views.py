@@ -8,6 +8,7 @@ import logging
 import re
 
 from studio.errors import StudioError
+from studio.performance import performance_summary
 
 log = logging.getLogger("studio.app")
 
@@ -79,6 +80,8 @@ def plan_markdown(plan, fingerprints: list[str] | None, input_notes: list[str] =
         + (", from the -gpu sampler name" if noise.from_sampler_alias else "") + ")"
         + (" · deterministic mode" if plan.determinism.get("deterministic") else ""),
     ]
+    if plan.performance:
+        paragraphs.append("**Performance:** " + html.escape(performance_summary(plan.performance)))
     if plan.image is not None:
         paragraphs.append("**Input image:** " + html.escape(plan.image.summary(plan.request.steps))
                           + "".join(f"\n- {html.escape(n)}" for n in (*input_notes, *plan.image.notes)))

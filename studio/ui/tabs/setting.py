@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from studio.choices import CUSTOM, PERFORMANCE, aspect_ratios, parse_ratio, performance_of
+from studio.choices import FAST_LABELS, PERFORMANCE, PERFORMANCE_LABELS, aspect_ratios, parse_ratio, performance_of
+from studio.controls import BY_NAME
+from studio.performance import FAST_MODES
+from studio.settings import GenerationRequest
 from studio.ui.widgets import widget
 
 
 def steps_for(performance: str, steps):
     """The steps a performance choice sets; Custom keeps what was typed."""
+    if performance in FAST_LABELS:
+        return FAST_MODES[FAST_LABELS[performance]].steps
     return PERFORMANCE.get(performance, steps)
+
+
+def controls_for(performance: str, steps, sampler, cfg):
+    """Steps, sampler and CFG after a Performance choice: a fast mode sets all three (the plan would anyway:
+    the controls show what will run); Quality and Speed set the steps, and give back the sampler and CFG a
+    fast mode had set, if they are still its, so leaving Extreme Speed does not keep running lcm at CFG 1."""
+    if performance in FAST_LABELS:
+        mode = FAST_MODES[FAST_LABELS[performance]]
+        return mode.steps, mode.sampler, mode.cfg
+    if any(sampler == m.sampler and cfg == m.cfg for m in FAST_MODES.values()):
+        fields = GenerationRequest.model_fields
+        sampler, cfg = fields["sampler"].default, fields["cfg"].default
+    return steps_for(performance, steps), sampler, cfg
+
+
+def performance_after_steps(steps, performance):
+    """The Performance choice once the steps changed: a fast mode stays while the steps are its own (it set
+    them); other step counts show Quality, Speed or Custom (and so turn a fast mode and its LoRA off)."""
+    mode = FAST_LABELS.get(performance)
+    if mode is not None and FAST_MODES[mode].steps == steps:
+        return performance
+    return performance_of(steps)
 
 
 def size_for(label: str, width, height):
@@ -33,8 +60,10 @@ def build(page) -> None:
     import gradio as gr
 
     init, c = page.init, page.c
-    performance = gr.Radio([*PERFORMANCE, CUSTOM], value=performance_of(init["steps"]), label="Performance",
-                           elem_id="performance")
+    # A radio of Fooocus's names (widget() would make five choices a dropdown); request_values maps them.
+    performance = c["performance"] = gr.Radio(PERFORMANCE_LABELS, value=init["performance"],
+                                              label=BY_NAME["performance"].label, info=BY_NAME["performance"].help,
+                                              elem_id="performance")
     c["steps"] = widget("steps", init["steps"])
     ratios = aspect_ratios(page.parts["default_size"](init["model"]))
     aspect = gr.Dropdown(ratios, value=ratio_label(init["width"], init["height"]), allow_custom_value=True,
@@ -52,9 +81,8 @@ def build(page) -> None:
         c["deterministic"] = widget("deterministic", init["deterministic"])
         page.parts["last_run"] = gr.Markdown(last_run_markdown([]), elem_id="last-run")
 
-    performance.change(steps_for, [performance, c["steps"]], c["steps"], api_visibility="private",
-                       show_progress="hidden")
-    c["steps"].change(performance_of, c["steps"], performance, api_visibility="private", show_progress="hidden")
+    c["steps"].change(performance_after_steps, [c["steps"], performance], performance, api_visibility="private",
+                      show_progress="hidden")
     aspect.change(size_for, [aspect, c["width"], c["height"]], [c["width"], c["height"]], api_visibility="private",
                   show_progress="hidden")
     page.parts["aspect"] = aspect
@@ -70,5 +98,9 @@ def ratios_for(page, model: str, width, height):
 
 def wire_model(page) -> None:
     c = page.c
+    # Wired once every tab is built: the sampler and CFG controls live in the Advanced tab. On the user's pick
+    # only (input, not change): opening a preset sets the radio too, and must keep the preset's sampler and CFG.
+    c["performance"].input(controls_for, [c["performance"], c["steps"], c["sampler"], c["cfg"]],
+                            [c["steps"], c["sampler"], c["cfg"]], api_visibility="private", show_progress="hidden")
     c["model"].change(lambda m, w, h: ratios_for(page, m, w, h), [c["model"], c["width"], c["height"]],
                       page.parts["aspect"], api_visibility="private", show_progress="hidden")
