@@ -106,7 +106,7 @@ class Studio:
         stored, missing = self.locate_inputs(request.image, folders, "the preset's")
         plannable, lost_loras = self.without_missing_adapters(request)
         plan = self.engine.plan(plannable if not missing else plannable.model_copy(update={"image": None}))
-        report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
+        report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision, plan))
         report = _with_missing_loras(report, lost_loras, "the preset's")
         return OpenedSettings(request=request, plan=plan,
                               report=_with_missing_inputs(report, request.image, missing, "the preset's"),
@@ -171,7 +171,7 @@ class Studio:
         plan = self.engine.plan(request)
         return Preset(name=name, model={"file": plan.model.name, "sha256": plan.model.sha256},
                       request=plan.request, plan=plan.to_json_dict(),
-                      made_on=environment.made_on(plan.backend.device, plan.backend.precision))
+                      made_on=environment.made_on(plan.backend.device, plan.backend.precision, plan))
 
     def save_preset(self, request: GenerationRequest, path: Path):
         from studio import presets
@@ -281,7 +281,7 @@ class Studio:
         if info["source"] == "studio":
             from studio.repro import diff, environment
 
-            report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision))
+            report = diff.compare(preset, plan, environment.made_on(plan.backend.device, plan.backend.precision, plan))
         else:
             report = {"expected": "different", "differences": []}
             notes.append(f"read from {info['source']} metadata: studio can match its settings, not its pixels "

@@ -394,11 +394,14 @@ class MadeOn(_Strict):
     transformers: Optional[str] = None
     openvino: Optional[str] = None
     optimum_intel: Optional[str] = None
+    peft: Optional[str] = None  # applies the LoRAs
     device: str
     device_name: str
     cpu: str
     cpu_flags: list[str] = []
     inference_precision: dict[str, str] = {}
+    # The LoRA and embedding files this machine used, by folder and file name → sha256.
+    adapters: dict[str, str] = {}
 
 
 class Preset(_Strict):

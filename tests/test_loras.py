@@ -153,6 +153,8 @@ def test_a_preset_opened_on_another_models_folder_finds_its_lora_by_hash(config,
                                                   loras=[{"name": "t-kohya", "weight": 0.8}]), tmp_path / "p.json")
     saved = json.loads(Path(path).read_text())
     assert saved["request"]["loras"][0]["sha256"] == preset.plan["loras"][0]["sha256"]
+    assert saved["made_on"]["adapters"] == {f"loras/{lora['file']}": lora["sha256"] for lora in preset.plan["loras"]}
+    assert saved["made_on"]["peft"]
     other = AppConfig(cache_dir=config.cache_dir, output_dir=tmp_path / "out", models_dir=tmp_path / "models")
     (tmp_path / "models" / "loras").mkdir(parents=True)
     shutil.copy(loras["kohya"], tmp_path / "models" / "loras" / "renamed.safetensors")

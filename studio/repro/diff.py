@@ -123,7 +123,8 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
             add(f"backend.precision.{component}", a, b, "drift",
                 f"run the {component} in {a} here, or both in fp32 (OpenVINO: accuracy mode)")
     # the machine
-    for package in ("torch", "diffusers", "transformers", "openvino", "optimum_intel"):
+    packages = ("torch", "diffusers", "transformers", "openvino", "optimum_intel") + (("peft",) if here.loras else ())
+    for package in packages:
         if env and env.get(package) != here_env.get(package):
             add(f"made_on.{package}", env.get(package), here_env.get(package), "drift",
                 f"install {package.replace('_', '-')}=={env.get(package)} for bit-identical results")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # CPU features that change which kernels (and so which rounding) torch and OpenVINO use.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
-PACKAGES = ("torch", "diffusers", "transformers", "openvino", "optimum-intel")
+PACKAGES = ("torch", "diffusers", "transformers", "openvino", "optimum-intel", "peft")
 
 
 def _version(package: str) -> str | None:
@@ -47,8 +47,13 @@ def device_name(device: str) -> str:
     return cpu_info()[0]
 
 
-def made_on(backend_device: str = "cpu", inference_precision: dict | None = None) -> dict:
+def made_on(backend_device: str = "cpu", inference_precision: dict | None = None, plan=None) -> dict:
+    """This machine as a preset records it; with ``plan``, the LoRA and embedding files it used here."""
     cpu_name, flags = cpu_info()
+    adapters = {}
+    if plan is not None:
+        adapters.update({f"loras/{lora.file}": lora.sha256 for lora in plan.loras})
+        adapters.update({f"embeddings/{e.file}": e.sha256 for e in plan.prompt.embeddings})
     return {
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -58,4 +63,5 @@ def made_on(backend_device: str = "cpu", inference_precision: dict | None = None
         "cpu": cpu_name,
         "cpu_flags": flags,
         "inference_precision": dict(inference_precision or {}),
+        "adapters": adapters,
     }
