@@ -941,7 +941,18 @@ class Http(Target):
             "mask_image": [None, *self.files.values()],
             "outpaint_sides": [[], ["left"], ["left", "top", "right", "bottom"], ["nope"], "left", [1]],
             "outpaint_pixels": [8, 128, 1024, 0, 7, 2000, 12.5],
+            # Fooocus's performance radio and the five LoRA slots (names that are not in the folder, paths,
+            # weights out of the slider's range), and the state Open preset leaves with the LoRAs' hashes.
+            "performance": ["Quality", "Speed", "Extreme Speed", "Lightning", "Custom", "extreme-speed", "", 3],
+            "lora_record": [[], [{"name": "x", "weight": 1.0, "sha256": "0" * 64}], "x", [1], [{"name": "../x"}]],
         }
+        from studio.controls import LORA_SLOTS, lora_slot_names
+
+        for slot in range(1, LORA_SLOTS + 1):
+            enabled, name, weight = lora_slot_names(slot)
+            self.valid[enabled] = [True, False, 1, "yes"]
+            self.valid[name] = ["None", "missing", "../x", "a:b", "", "x" * 300, 3, None]
+            self.valid[weight] = [1.0, 0, -2, 2, 2.5, -10.5, 1e309, "x", None]
 
     @staticmethod
     def _input_files(folder: Path) -> dict:

@@ -157,11 +157,32 @@ class Studio:
                 missing.append((use.name, use.sha256, "embedding"))
         return (request.model_copy(update={"embeddings": kept}) if missing else request), missing
 
+    def without_missing_speed_lora(self, request: GenerationRequest):
+        """``request`` without its fast mode when the mode's LoRA is not here (the report says so; the rest is
+        compared as Quality would run it), and that LoRA as (name, hash, "speed mode")."""
+        from studio import performance
+
+        if request.performance is None:
+            return request, []
+        mode = performance.FAST_MODES[request.performance]
+        family = self.registry.resolve(request.model).family
+        wanted = performance.speed_lora(mode, family)  # a mode made for another family is the plan's error
+        try:
+            use = performance.find_speed_lora(mode, family, self.engine.loras.files, request.performance_lora)
+            self.engine.loras.files.find(use.name, use.sha256)
+            return request, []
+        except StudioError:
+            recorded = request.performance_lora
+            name = recorded.name if recorded is not None else wanted.stem
+            return (request.model_copy(update={"performance": None, "performance_lora": None}),
+                    [(name, recorded.sha256 if recorded is not None else None, "speed mode")])
+
     def without_missing_adapters(self, request: GenerationRequest):
         """``request`` as it can be planned here, and the LoRAs and embeddings it uses that are not here."""
         request, loras = self.without_missing_loras(request)
         request, embeddings = self.without_missing_embeddings(request)
-        return request, loras + embeddings
+        request, speed = self.without_missing_speed_lora(request)
+        return request, loras + embeddings + speed
 
     def make_preset(self, request: GenerationRequest, name: str):
         """The settings, planned here, as a Preset (with the plan and made_on) ready to save or share."""

@@ -151,3 +151,18 @@ def test_a_request_with_a_fast_mode_opens_in_the_app_as_it_runs(tiny_request):
     assert (values["performance"], values["steps"], values["sampler"], values["cfg"]) == ("Extreme Speed", 8, "lcm", 1.0)
     assert request_values({**values, "seed_mode": "fixed", "replay": None})["performance"] == "extreme-speed"
     assert control_values(tiny_request(steps=60))["performance"] == "Quality"
+
+
+def test_a_preset_whose_speed_lora_is_not_here_opens_with_the_report_saying_so(config, tmp_path):
+    from studio.service import Studio
+    from studio.settings import AppConfig, Preset, build_request
+
+    empty = tmp_path / "loras"
+    empty.mkdir()
+    studio = Studio(AppConfig(cache_dir=config.cache_dir, output_dir=tmp_path / "out", models_dir=config.models_dir,
+                              loras_dir=empty))
+    request = build_request(prompt="a cat", seed=3, model="tiny", width=64, height=64, performance="extreme-speed")
+    opened = studio.open_preset(Preset(model={"file": "tiny"}, request=request.model_dump(exclude={"model"})), [])
+    assert opened.report["expected"] == "different"
+    assert any("lcm-lora-sdv1-5" in line and "speed mode" in line for line in opened.report["missing_loras"])
+    assert opened.plan.performance is None and opened.request.performance == "extreme-speed"

@@ -48,7 +48,9 @@ def slot_loras(values: dict) -> list[dict]:
     """The request's ``loras`` from the slots: the enabled slots that name a LoRA, in slot order. A slot that
     still holds a name of the opened request's record takes its sha256 with it (a preset made elsewhere
     finds its LoRA by hash even where the file has another name)."""
-    record = [u for u in values.get("lora_record") or [] if isinstance(u, dict) and u.get("sha256")]
+    record = values.get("lora_record")
+    # Page state, but an API caller can send anything in its place: a record that is not a list is none.
+    record = [u for u in record if isinstance(u, dict) and u.get("sha256")] if isinstance(record, list) else []
     loras = []
     for slot in range(1, LORA_SLOTS + 1):
         enabled, name, weight = (values.get(n) for n in lora_slot_names(slot))
