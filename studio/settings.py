@@ -119,13 +119,17 @@ class ImageInput(_Strict):
         return self
 
 
+# An adapter file's sha256, or A1111's short hash of it (10 or 12 hex) as an image's infotext records it.
+ADAPTER_HASH = r"^([0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64})$"
+
+
 class LoraUse(_Strict):
     """A LoRA applied to the model: its file's name in the LoRA folder, its weight, and (recorded by every
     plan, preset and image) its sha256, by which another machine finds it under any name."""
 
     name: str = Field(description="the file's name in loras/ without .safetensors")
     weight: float = Field(default=1.0, ge=-10.0, le=10.0, allow_inf_nan=False)
-    sha256: Optional[str] = Field(default=None, pattern=r"^([0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64})$",
+    sha256: Optional[str] = Field(default=None, pattern=ADAPTER_HASH,
                                   description="the file's sha256 (or A1111's 10/12-hex short hash, from an image)")
 
     @field_validator("name")
@@ -142,7 +146,7 @@ class EmbeddingUse(_Strict):
     sha256, by which another machine finds the file under any name: the prompt's word stays the same."""
 
     name: str = Field(description="the word the prompt uses: the file's name in embeddings/ without its suffix")
-    sha256: Optional[str] = Field(default=None, pattern=r"^([0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64})$",
+    sha256: Optional[str] = Field(default=None, pattern=ADAPTER_HASH,
                                   description="the file's sha256 (or A1111's 10/12-hex short hash, from an image)")
 
     @field_validator("name")
@@ -260,7 +264,7 @@ class GenerationRequest(_Strict):
     def _lora_hashes(cls, v: dict[str, str]) -> dict[str, str]:
         for name, sha in v.items():
             _as_name(name, "LoRA")
-            if not re.fullmatch(r"[0-9a-f]{10}|[0-9a-f]{12}|[0-9a-f]{64}", sha):
+            if not re.fullmatch(ADAPTER_HASH, sha):
                 raise ValueError(f"LoRA {name[:60]!r}: {sha[:70]!r} is not a sha256 (64 hex) or a short hash (10 or "
                                  "12 hex)")
         return v
