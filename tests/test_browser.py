@@ -223,6 +223,45 @@ def test_live_preview_appears_while_it_runs(page):
     wait_text(page, "#status", "done", timeout=GENERATE_WAIT_S)
 
 
+def queue_calls(driver) -> int:
+    """How many events this page has sent to the server since count_queue_calls."""
+    return driver.execute_script("return window.__queueCalls")
+
+
+def count_queue_calls(driver) -> None:
+    driver.execute_script("""
+      window.__queueCalls = 0;
+      new PerformanceObserver(list => {
+        window.__queueCalls += list.getEntries().filter(e => e.name.includes('/queue/join')).length;
+      }).observe({type: 'resource'});""")
+
+
+def test_edits_to_the_controls_settle_and_the_page_goes_quiet(page):
+    """Each edit sends its few events and then the page is idle: Gradio 6 re-fires a Slider's change without
+    end when it has two change listeners, and that loop of plan previews took the CPU and wiped the page's
+    messages."""
+    import time
+
+    count_queue_calls(page)
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 60)  # also moves the performance radio
+    find(page, '#performance input[value="Speed"]').click()  # sets the steps back
+    fill(page, "#width input", 96)
+    fill(page, 'input[aria-label="number input for Image number"]', 2)
+    deadline, last, quiet_since = time.monotonic() + WAIT_S, -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = queue_calls(page)
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since > 3:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the page never went quiet: {queue_calls(page)} events sent in {WAIT_S} s after four edits")
+    assert 0 < last < 40, f"{last} events for four edits"
+    wait_text(page, "#plan", "96×64")
+
+
 def test_stop_mid_run_writes_nothing_and_the_next_run_works(page, config):
     open_tab(page, "setting")
     fill(page, 'input[aria-label="number input for Steps"]', 150)

@@ -81,8 +81,11 @@ def build(page) -> None:
         c["deterministic"] = widget("deterministic", init["deterministic"])
         page.parts["last_run"] = gr.Markdown(last_run_markdown([]), elem_id="last-run")
 
-    c["steps"].change(performance_after_steps, [c["steps"], performance], performance, api_visibility="private",
-                      show_progress="hidden")
+    # On the user's edit only (input, not change): a Slider with two change listeners re-fires its change
+    # without end in Gradio 6.31, a loop of plan previews that kept the CPU busy and wiped the page's
+    # messages (Stop's "stopped" among them). Presets and images set the performance themselves.
+    c["steps"].input(performance_after_steps, [c["steps"], performance], performance, api_visibility="private",
+                     show_progress="hidden")
     aspect.change(size_for, [aspect, c["width"], c["height"]], [c["width"], c["height"]], api_visibility="private",
                   show_progress="hidden")
     page.parts["aspect"] = aspect
