@@ -147,7 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
     loras.add_argument("--allow-unsafe-pickle", action="store_true", default=None,
                        help="list .pt/.ckpt/.bin LoRAs as usable (they are listed either way)")
     loras.add_argument("--json", action="store_true")
+    _add_render_flags(sub.add_parser("render", help="a preset × many seeds (and prompts) on Ray workers, each "
+                                                    "proven reproducible first; resumable"))
     return parser
+
+
+def _add_render_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", required=True, metavar="P", help="the preset to render (a name or a file)")
+    seeds = p.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--seeds", metavar="FIRST-LAST", help="the seeds: 0-1999, or 1,5,10-20")
+    seeds.add_argument("--seed-list", type=Path, metavar="FILE", help="a file of seeds, one a line")
+    p.add_argument("--prompt-file", type=Path, metavar="FILE",
+                   help="prompts, one a line: every prompt × every seed (default: the preset's prompt)")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR",
+                   help="where the images, manifest.jsonl and workers.json go; the same command again resumes")
+    p.add_argument("--address", metavar="auto|ray://HOST:PORT",
+                   help="a running Ray cluster (`ray start --head` there); default: local Ray, started and stopped "
+                        "by this command")
+    p.add_argument("--workers", type=int, metavar="N", help="workers (default: one per GPU for CUDA presets, else one)")
+    p.add_argument("--cores-per-worker", type=int, metavar="N",
+                   help="CPU threads of each worker (default: as many as `studio generate` runs here, so the "
+                        "images are its images; other counts move results slightly, which needs --allow-drift)")
+    p.add_argument("--allow-drift", action="store_true",
+                   help="let a worker whose images would drift (within tolerance) render too; never one whose "
+                        "images would differ")
+    p.add_argument("--keep-free", type=int, default=200, metavar="MiB",
+                   help="stop cleanly when the output disk has less than this free (default 200)")
+    p.add_argument("--models-dir", type=Path)
+    _add_adapter_dirs(p)
+    p.add_argument("--styles-dir", type=Path, metavar="DIR", help="a folder of Fooocus-format style files")
+    p.add_argument("--allow-unsafe-pickle", action="store_true", default=None,
+                   help="load .ckpt/.pt/.bin files (pickles can run code): only for files you trust")
+    p.add_argument("--json", action="store_true")
 
 
 # -- flags → requests ------------------------------------------------------------------------------
@@ -759,9 +790,79 @@ def cmd_verify(args) -> dict:
     return out
 
 
+def cmd_render(args) -> dict:
+    from studio import presets
+    from studio.render.farm import RenderSettings, render
+    from studio.render.jobs import parse_seeds, read_seed_list
+    from studio.service import Studio
+
+    # Every flag is checked before Ray or a model starts.
+    if args.workers is not None and not 1 <= args.workers <= 1024:
+        raise StudioError(f"--workers {args.workers}: give 1 to 1024 workers")
+    if args.cores_per_worker is not None and not 1 <= args.cores_per_worker <= 1024:
+        raise StudioError(f"--cores-per-worker {args.cores_per_worker}: give 1 to 1024 cores")
+    if not 0 <= args.keep_free <= 1 << 30:
+        raise StudioError(f"--keep-free {args.keep_free}: give MiB to leave free on the output disk (0 or more)")
+    if args.address is not None and not (args.address == "auto" or args.address.startswith("ray://")
+                                         or ":" in args.address):
+        raise StudioError(f"--address {args.address!r}: give auto, ray://HOST:PORT or HOST:PORT of a Ray cluster")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else read_seed_list(args.seed_list)
+    prompts = None
+    if args.prompt_file is not None:
+        args.prompt = None
+        prompts = _prompts(args)
+    studio = Studio(_config(args))
+    found = presets.find(args.preset)
+    preset, notes = presets.load(args.preset)
+    opened = studio.open_preset(preset, notes, folders=list(dict.fromkeys([found.resolve().parent, Path.cwd()])))
+    for note in opened.notes:
+        _note(note)
+    if opened.report["expected"] != "identical":
+        _note(f"this preset was made on another machine: here its images are expected to be "
+              f"{opened.report['expected']} (`studio preset diff {args.preset}` says why)")
+    tty = sys.stderr.isatty()
+    told = {"at": 0.0, "tenth": -1}
+
+    def show(progress) -> None:
+        import time as _time
+
+        line = progress.line()
+        if tty:
+            print("\r" + line[:200].ljust(120), end="", file=sys.stderr, flush=True)
+            return
+        tenth = (progress.done_before + progress.done) * 10 // max(progress.total, 1)
+        if not args.json and (tenth != told["tenth"] or _time.monotonic() - told["at"] > 30):
+            told["tenth"], told["at"] = tenth, _time.monotonic()
+            print(line, file=sys.stderr, flush=True)
+
+    settings = RenderSettings(request=opened.request, seeds=seeds, prompts=prompts, out=args.out,
+                              workers=args.workers, address=args.address, allow_drift=args.allow_drift,
+                              cores_per_worker=args.cores_per_worker, keep_free=args.keep_free << 20,
+                              preset_report=opened.report)
+    try:
+        summary = render(studio, settings, on_progress=show)
+    finally:
+        if tty:
+            print(file=sys.stderr)
+    if not args.json:
+        for note in summary.get("notes", []):
+            _note(note)
+        if "message" in summary:
+            print(summary["message"])
+        else:
+            print(f"rendered {summary['rendered']} images in {summary['seconds']:.0f} s "
+                  f"({summary['images_per_min']} images/min); {summary['done_before']} were done before; "
+                  f"{summary['total']} in all, listed in {summary['manifest']}")
+            for w in summary["workers"]:
+                print(f"  {w['worker']} on {w['host']}: {w['verdict']}, "
+                      f"{'admitted' if w['admitted'] else 'refused'}, {w['images']} images "
+                      f"({w['images_per_min']}/min)")
+    return summary
+
+
 COMMANDS = {"generate": cmd_generate, "plan": cmd_plan, "tokens": cmd_tokens, "models": cmd_models,
             "verify": cmd_verify, "preset": cmd_preset, "info": cmd_info, "styles": cmd_styles,
-            "history": cmd_history, "loras": cmd_loras}
+            "history": cmd_history, "loras": cmd_loras, "render": cmd_render}
 
 
 def main(argv: list[str] | None = None) -> int:

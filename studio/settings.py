@@ -404,6 +404,9 @@ class MadeOn(_Strict):
     cpu: str
     cpu_flags: list[str] = []
     inference_precision: dict[str, str] = {}
+    # torch's CPU threads: its kernels split sums by thread, so the count moves results by ~1e-6 (a pixel level
+    # now and then). None in presets made before it was recorded.
+    torch_threads: Optional[int] = None
     # The LoRA and embedding files this machine used, by folder and file name → sha256.
     adapters: dict[str, str] = {}
 

@@ -6,6 +6,7 @@ and no tool may download a browser or driver: selenium is given both paths, so s
 never runs.
 """
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -522,3 +523,18 @@ def test_painting_a_mask_inpaints_only_there(page, config, tmp_path):
     rows, cols = np.nonzero(changed)
     # the stroke is short and horizontal through the middle: the top and bottom rows are the input's own
     assert changed[:8].sum() == 0 and changed[-8:].sum() == 0, (rows.min(), rows.max(), cols.min(), cols.max())
+
+
+def test_the_render_farm_tab_renders_seeds_and_follows_them(page, config):
+    open_tab(page, "setting")
+    fill(page, 'input[aria-label="number input for Steps"]', 2)
+    fill(page, "#seed input", 500)
+    open_tab(page, "render-farm")
+    fill(page, "#farm-seeds input", 3)
+    find(page, "#farm-start").click()
+    shown = wait_text(page, "#farm-progress", "done", timeout=GENERATE_WAIT_S * 2)
+    assert "3 images rendered" in shown and "w1" in shown and "identical" in shown
+    folders = list((config.output_dir / "renders").glob("*-seed500"))
+    assert len(folders) == 1
+    lines = (folders[0] / "manifest.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["seed"] for line in lines) == [500, 501, 502]

@@ -62,6 +62,10 @@ class Stopped(StudioError):
     """The user pressed Stop."""
 
 
+class _FirstStepTaken(Stopped):
+    """Ends a first-step probe after its step (Stopped, so every backend lets it pass with nothing written)."""
+
+
 class AllSkipped(Stopped):
     """Skip dropped every image of the batch: there is nothing to save."""
 
@@ -106,6 +110,18 @@ class _Stages:
         self.current = name
         if self.on_stage is not None:
             self.on_stage(name)
+
+
+def _both(first, second):
+    """One latents hook that calls ``first`` then ``second`` (either may be None)."""
+    if first is None or second is None:
+        return first or second
+
+    def hook(done, latents):
+        first(done, latents)
+        second(done, latents)
+
+    return hook
 
 
 class Engine:
@@ -330,7 +346,8 @@ class Engine:
     # -- plan → images ---------------------------------------------------------------------------
     def run(self, plan: Plan, on_step: Optional[StepCallback] = None, stop: Optional[threading.Event] = None, *,
             on_stage: Optional[StageCallback] = None, skip: Optional[threading.Event] = None,
-            on_preview: Optional[PreviewCallback] = None, preview_every: int = 0) -> Result:
+            on_preview: Optional[PreviewCallback] = None, preview_every: int = 0,
+            on_latents: Optional[Callable[[int, int, object], None]] = None) -> Result:
         """The images of ``plan``; a run waits for the one before it, so no two share a pipeline.
 
         ``on_step(done, total)`` counts the steps of the whole batch. ``on_stage(name)`` is told each slow stage
@@ -351,6 +368,8 @@ class Engine:
         ``on_preview(index, step, image)`` gets a small RGB image of image ``index``'s latents every
         ``preview_every`` steps (0: off), made by a fixed linear map (engine/preview.py). It only reads the
         latents: the images are the same bit for bit with previews on or off.
+        ``on_latents(index, step, latents)`` is given image ``index``'s latents (a tensor it must not change)
+        after each step; it may raise Stopped to end the run there (the render farm's first-step probe).
         """
         if preview_every < 0:
             raise StudioError("preview_every must be 0 (off) or a number of steps")
@@ -360,10 +379,11 @@ class Engine:
             if stop is not None and stop.is_set():
                 raise Stopped("stopped before the run began; nothing was saved")
             return self._run(plan, on_step, _Stages(on_stage, stop), skip,
-                             on_preview if preview_every else None, preview_every)
+                             on_preview if preview_every else None, preview_every, on_latents)
 
     def _run(self, plan: Plan, on_step: Optional[StepCallback], stages: _Stages,
-             skip: Optional[threading.Event], on_preview: Optional[PreviewCallback], preview_every: int) -> Result:
+             skip: Optional[threading.Event], on_preview: Optional[PreviewCallback], preview_every: int,
+             on_latents: Optional[Callable[[int, int, object], None]] = None) -> Result:
         start = time.perf_counter()
         generators = noise.make_generators(plan.seeds, plan.noise.generator_device)
         # on the generators' device; the pipeline moves them to where it runs
@@ -411,7 +431,8 @@ class Engine:
 
             hooks = RunHooks(stage=stages.begin, check=stages.check,
                              sampling=lambda i=i: stages.begin(f"image {i + 1} of {count}"), step=step,
-                             latents=self._previewer(plan, i, on_preview, preview_every, preview_failed))
+                             latents=_both(self._previewer(plan, i, on_preview, preview_every, preview_failed),
+                                           (lambda done, lat, i=i: on_latents(i, done, lat)) if on_latents else None))
             extra = {"inputs": inputs} if inputs is not None else {}
             if plan.loras:
                 extra["loras"] = lora_paths
@@ -452,6 +473,23 @@ class Engine:
         }
         return Result(plan=plan, images=images, fingerprints=[fingerprints[i] for i in kept], timings=timings,
                       compile_events=compile_events, notes=notes, kept=kept, skipped=skipped)
+
+    def first_step(self, plan: Plan) -> np.ndarray:
+        """Image 0's latents after its first step, as float32 on the CPU: what two machines compare before a
+        long render (a model load and one step, not a whole image). Nothing is saved."""
+        import torch
+
+        taken: list[np.ndarray] = []
+
+        def take(_index, _done, latents):
+            taken.append(torch.as_tensor(latents).detach().to("cpu", torch.float32).numpy().copy())
+            raise _FirstStepTaken("the first step is all a probe runs")
+
+        try:
+            self.run(plan.for_image(0), on_latents=take)
+        except _FirstStepTaken:
+            return taken[0]
+        raise StudioError("the plan ran no step to compare (steps run: 0): give it at least one step")
 
     @staticmethod
     def _previewer(plan: Plan, index: int, on_preview: Optional[PreviewCallback], every: int,

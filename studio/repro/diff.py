@@ -132,6 +132,11 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
             d.field == "noise.generator_device" for d in out):
         add("made_on.device_name", env.get("device_name"), here_env.get("device_name"), "drift",
             "another processor rounds differently; results stay within tolerance with fp32 and CPU noise")
+    threads_there, threads_here = env.get("torch_threads"), here_env.get("torch_threads")
+    if threads_there and threads_here and threads_there != threads_here and here.backend.device == "cpu":
+        add("made_on.torch_threads", threads_there, threads_here, "drift",
+            f"run with {threads_there} CPU threads (OMP_NUM_THREADS={threads_there}, or --cores-per-worker "
+            f"{threads_there} for a render): torch's CPU results depend on its thread count")
     low = here.backend.name == "openvino" and here.backend.mode == "performance"
     if env and low and env.get("cpu_flags") != here_env.get("cpu_flags"):
         add("made_on.cpu_flags", env.get("cpu_flags"), here_env.get("cpu_flags"), "drift",

@@ -47,6 +47,14 @@ def device_name(device: str) -> str:
     return cpu_info()[0]
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
 def made_on(backend_device: str = "cpu", inference_precision: dict | None = None, plan=None) -> dict:
     """This machine as a preset records it; with ``plan``, the LoRA and embedding files it used here."""
     cpu_name, flags = cpu_info()
@@ -63,5 +71,6 @@ def made_on(backend_device: str = "cpu", inference_precision: dict | None = None
         "cpu": cpu_name,
         "cpu_flags": flags,
         "inference_precision": dict(inference_precision or {}),
+        "torch_threads": _torch_threads(),
         "adapters": adapters,
     }

@@ -176,7 +176,7 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
     from studio.ui.gallery_copies import GalleryCopies
     from studio.ui.job_journal import JobJournal
     from studio.ui.tabs import (advanced, history as history_tab, image_info, input_image, model as model_tab,
-                                presets as presets_tab, setting, style, verify)
+                                presets as presets_tab, render_farm, setting, style, verify)
 
     studio = Studio(config)
     model = model and studio.registry.name_from_flag(model)  # the operator's --model may be a path
@@ -382,7 +382,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                 with gr.Tabs(elem_id="advanced-tabs"):
                     for label, tab in (("Setting", setting), ("Style", style), ("Model", model_tab),
                                        ("Advanced", advanced), ("Presets", presets_tab),
-                                       ("Image info", image_info), ("Verify", verify), ("History", history_tab)):
+                                       ("Image info", image_info), ("Verify", verify), ("History", history_tab),
+                                       ("Render farm", render_farm)):
                         with gr.Tab(label, elem_id="tab-" + label.lower().replace(" ", "-")):
                             tab.build(page)
         # An opened preset's per-image expanded texts, replayed while prompt, seed and batch stay as they were.
