@@ -206,14 +206,13 @@ def test_forty_seeds_on_two_workers_survive_a_killed_worker_and_a_killed_driver(
                                 sampler="euler", model="tiny")
         alone = studio.engine.run(studio.plan(request)).pil_images()[0]
         assert np.array_equal(np.asarray(alone), np.asarray(_open(out / line["file"]))), line
-    generated = tmp_path / "generated"
-    for seed in (3, 31):
-        done = subprocess.run([sys.executable, "-m", "studio", "generate", "--preset", str(preset), "--seed", str(seed),
-                               "--out", str(generated), "--json"], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr
-        path = json.loads(done.stdout)["jobs"][0]["images"][0]["path"]
-        mine = next(line for line in lines if line["seed"] == seed)
-        assert file_pixel_sha256(Path(path)) == mine["sha256"], f"seed {seed}: render ≠ generate"
+    done = subprocess.run([sys.executable, "-m", "studio", "generate", "--preset", str(preset), "--seed", "31",
+                           "--out", str(tmp_path / "generated"), "--json"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    path = json.loads(done.stdout)["jobs"][0]["images"][0]["path"]
+    assert file_pixel_sha256(Path(path)) == next(line for line in lines if line["seed"] == 31)["sha256"], \
+        "seed 31: render ≠ generate"
     info = _open(out / lines[0]["file"]).info
     assert "parameters" in info and "studio" in json.dumps(list(info)), "the image lost its metadata"
 

@@ -21,6 +21,9 @@ class RenderWorker:
         worker's own); None reads this machine's (STUDIO_* variables and defaults), as a worker on another host
         must. ``threads``: the CPU threads its runs use."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a worker never fetches weights
+        # Workers share cores: OpenMP threads that wait spinning would take the CPU from the other workers'
+        # (2 workers × 2 threads on 2 cores ran 6× slower). Waiting passively changes no result.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from studio.runtime import prepare_process, quiet_libraries
 
         prepare_process()
