@@ -487,6 +487,7 @@ def cmd_generate(args) -> dict:
             "risks": [r.model_dump() for r in plan.risks],
             "notes": result.notes,
             "image": None if plan.image is None else plan.image.model_dump(mode="json"),  # the input image's plan
+            "timings": result.timings,
         })
         t = result.timings
         totals["total_s"] += t["total_s"]
