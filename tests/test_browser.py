@@ -534,7 +534,7 @@ def test_the_render_farm_tab_renders_seeds_and_follows_them(page, config):
     find(page, "#farm-start").click()
     shown = wait_text(page, "#farm-progress", "images rendered", timeout=GENERATE_WAIT_S * 2)
     assert "3 images rendered" in shown and "w1" in shown and "identical" in shown
-    folders = list((config.output_dir / "renders").glob("*-seed500"))
+    folders = list((config.output_dir / "renders").glob("tiny-*-seed500x3"))
     assert len(folders) == 1
     lines = (folders[0] / "manifest.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["seed"] for line in lines) == [500, 501, 502]

@@ -1,14 +1,14 @@
 """Render farm: the current settings × N seeds on local Ray workers (as `studio render`), followed here.
 
-Each render goes to its own folder under the output folder's renders/, with its manifest.jsonl and
-workers.json; Stop ends it after the images in progress, and the same settings into the same folder resume.
+Each render goes to a folder under the output folder's renders/ named by its settings and seeds, with its
+manifest.jsonl and workers.json; Stop ends it after the images in progress, and Start with the same settings
+resumes it.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from pathlib import Path
 
 from studio.errors import StudioError
@@ -16,9 +16,16 @@ from studio.errors import StudioError
 MAX_SEEDS_FROM_THE_APP = 100_000
 
 
-def farm_folder(output_dir: Path, request) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(output_dir) / "renders" / f"{stamp}-{request.model}-seed{request.seed}"
+def farm_folder(output_dir: Path, request, count: int) -> Path:
+    """The render's folder, named by its settings: Start again with the same settings and seeds resumes it."""
+    import hashlib
+    import json
+
+    data = request.model_dump(mode="json")
+    data.pop("batch", None)
+    data.pop("seed_mode", None)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(output_dir) / "renders" / f"{request.model}-{digest}-seed{request.seed}x{count}"
 
 
 def progress_markdown(progress) -> str:
@@ -73,9 +80,15 @@ def build(page) -> None:
             if not 1 <= w <= 64:
                 raise StudioError("give 1 to 64 workers")
             settings, _ = page.settings(values)
-            first = settings.seed if settings.seed is not None else 0
+            if settings.seed is not None:
+                first = settings.seed
+            else:  # a seed still to be drawn (-1, or random mode): the render starts at one drawn now
+                import secrets
+
+                first = secrets.randbelow(2**32 - n)
             seeds = range(first, min(first + n, 2**32))
-            folder = farm_folder(studio.config.output_dir, settings)
+            settings = settings.model_copy(update={"seed": seeds.start})
+            folder = farm_folder(studio.config.output_dir, settings, len(seeds))
         except (StudioError, ValueError, TypeError) as exc:
             yield "", error_html(getattr(exc, "message", None) or f"not a number: {exc}")
             return
