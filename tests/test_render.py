@@ -230,10 +230,14 @@ def _open(path):
         return image
 
 
-def test_a_worker_with_another_lora_under_the_same_name_is_refused(config, tmp_path, engine):
-    """Worker 2 has its own LoRA folder where 'look' holds other bytes: its report says so, it is refused and
-    renders nothing; worker 1 renders every image, and workers.json keeps both verdicts."""
-    from studio.render.farm import RenderSettings, render
+def test_a_stopped_render_resumes_redoes_a_changed_image_and_refuses_a_worker_with_other_files(config, tmp_path,
+                                                                                               engine):
+    """Stop after two images; one saved image is then changed. The same render again, now with a second worker
+    whose LoRA folder holds other bytes under the LoRA's name: that worker is refused (its report says so) and
+    renders nothing, the first finishes the render and makes the changed image again."""
+    from PIL import Image
+
+    from studio.render.farm import RenderSettings, RenderStopped, render
     from studio.service import Studio
 
     tiny = engine.registry.load(engine.registry.resolve("tiny"))
@@ -244,35 +248,33 @@ def test_a_worker_with_another_lora_under_the_same_name_is_refused(config, tmp_p
     request = build_request(prompt="a red cube", steps=2, width=64, height=64, sampler="euler", model="tiny",
                             loras=[{"name": "look", "weight": 0.8}])
     request = studio.plan(request).request  # with the LoRA's hash, as a preset records it
-    out = tmp_path / "refused"
-    told = []
-    summary = render(studio, RenderSettings(request=request, seeds=range(4), out=out, workers=2,
-                                            worker_config=[{}, {"loras_dir": other}]), on_progress=told.append)
-    verdicts = {w["worker"]: w for w in summary["workers"]}
-    assert verdicts["w1"]["admitted"] and verdicts["w1"]["verdict"] == "identical"
-    assert not verdicts["w2"]["admitted"] and verdicts["w2"]["verdict"] == "different"
-    assert any("look" in reason for reason in verdicts["w2"]["reasons"]), verdicts["w2"]["reasons"]
-    assert {line["worker"] for line in lines_of(out)} == {"w1"} and len(lines_of(out)) == 4
-    saved = json.loads((out / "workers.json").read_text())
-    assert {w["worker"]: w["admitted"] for w in saved["workers"]} == {"w1": True, "w2": False}
-    assert saved["workers"][0]["made_on"]["torch"]
-    assert told and told[-1].done == 4 and "4/4" in told[-1].line()
-
-
-def test_stop_ends_a_render_that_resumes_later(config, tmp_path):
-    from studio.render.farm import RenderSettings, RenderStopped, render
-    from studio.service import Studio
-
-    studio = Studio(config)
-    request = build_request(prompt="a blue cone", steps=2, width=64, height=64, sampler="euler", model="tiny")
+    out = tmp_path / "farm"
     stop = threading.Event()
-    out = tmp_path / "stopped"
 
-    def on_progress(progress):
+    def stop_after_two(progress):
         if progress.done >= 2:
             stop.set()
 
     with pytest.raises(RenderStopped, match="run the same render again"):
-        render(studio, RenderSettings(request=request, seeds=range(12), out=out, workers=1), on_progress, stop)
-    done = len(lines_of(out))
-    assert 2 <= done < 12
+        render(studio, RenderSettings(request=request, seeds=range(8), out=out, workers=1), stop_after_two, stop)
+    first = lines_of(out)
+    assert 2 <= len(first) < 8
+    changed = out / first[0]["file"]
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(changed)
+
+    told = []
+    summary = render(studio, RenderSettings(request=request, seeds=range(8), out=out, workers=2,
+                                            worker_config=[{}, {"loras_dir": other}]), on_progress=told.append)
+    assert summary["done_before"] == len(first) - 1 and summary["rendered"] == 8 - len(first) + 1
+    verdicts = {w["worker"]: w for w in summary["workers"]}
+    assert verdicts["w1"]["admitted"] and verdicts["w1"]["verdict"] == "identical"
+    assert not verdicts["w2"]["admitted"] and verdicts["w2"]["verdict"] == "different"
+    assert any("look" in reason for reason in verdicts["w2"]["reasons"]), verdicts["w2"]["reasons"]
+    lines = lines_of(out)
+    assert len({line["key"] for line in Manifest(out).entries()}) == 8
+    assert {line["worker"] for line in lines} == {"w1"}
+    assert Manifest(out).done(first[0]["key"]) is not None, "the changed image was not made again"
+    saved = json.loads((out / "workers.json").read_text())
+    assert {w["worker"]: w["admitted"] for w in saved["workers"]} == {"w1": True, "w2": False}
+    assert saved["workers"][0]["made_on"]["torch_threads"]
+    assert told and told[-1].done == summary["rendered"] and "8/8" in told[-1].line()
