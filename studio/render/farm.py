@@ -280,9 +280,9 @@ def start_ray(address: Optional[str], cpus: int, gpus: int) -> bool:
         return False
     try:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         else:
-            ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level=logging.WARNING,
+            ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, logging_level=logging.ERROR,
                      log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
