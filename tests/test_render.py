@@ -157,7 +157,7 @@ def wait_for(check, timeout, what):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_forty_seeds_on_two_workers_survive_a_killed_worker_and_a_killed_driver(preset, tmp_path, config):
+def test_forty_seeds_on_two_workers_survive_a_killed_worker_and_a_killed_driver(preset, tmp_path, config, capsys):
     """40 seeds, 2 workers: one worker is killed (SIGKILL) mid-run, then the driver itself; the rerun finishes
     with 40 unique lines, each image the same pixels as its seed run alone; a second rerun does nothing."""
     out = tmp_path / "farm"
@@ -197,7 +197,7 @@ def test_forty_seeds_on_two_workers_survive_a_killed_worker_and_a_killed_driver(
     for line in lines:
         assert file_pixel_sha256(out / line["file"]) == line["sha256"]
 
-    # each image is its seed run alone, in this process (the engine) and by `studio generate`
+    # each image is its seed run alone: by the engine, and (seed 31) by `studio generate --preset --seed`
     from studio.service import Studio
 
     studio = Studio(config)
@@ -206,11 +206,9 @@ def test_forty_seeds_on_two_workers_survive_a_killed_worker_and_a_killed_driver(
                                 sampler="euler", model="tiny")
         alone = studio.engine.run(studio.plan(request)).pil_images()[0]
         assert np.array_equal(np.asarray(alone), np.asarray(_open(out / line["file"]))), line
-    done = subprocess.run([sys.executable, "-m", "studio", "generate", "--preset", str(preset), "--seed", "31",
-                           "--out", str(tmp_path / "generated"), "--json"], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    path = json.loads(done.stdout)["jobs"][0]["images"][0]["path"]
+    code = main(["generate", "--preset", str(preset), "--seed", "31", "--out", str(tmp_path / "generated"), "--json"])
+    assert code == 0
+    path = json.loads(capsys.readouterr().out)["jobs"][0]["images"][0]["path"]
     assert file_pixel_sha256(Path(path)) == next(line for line in lines if line["seed"] == 31)["sha256"], \
         "seed 31: render ≠ generate"
     info = _open(out / lines[0]["file"]).info
