@@ -402,7 +402,7 @@ def _run(pool: _Pool, queue: deque, manifest: Manifest, out: Path, settings: Ren
                         if replacements > 0:
                             replacements -= 1
                             pool.start()
-                        pool.judge_waiting()
+                        summary["notes"] += [v.line() for v in pool.judge_waiting() if not v.admitted]
                         continue
                     probe = {"worker": pool.probing[ref], "error": _message(exc)}
                 for verdict in pool.proved(ref, probe):
