@@ -15,6 +15,7 @@ import socket
 import time
 from typing import Optional
 
+
 class RenderWorker:
     def __init__(self, config: Optional[dict] = None, threads: Optional[int] = None, name: Optional[str] = None):
         """``config``: the AppConfig to use (a local render passes the driver's folders, with any of this
@@ -22,7 +23,7 @@ class RenderWorker:
         must. ``threads``: the CPU threads its runs use."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a worker never fetches weights
         # Workers share cores: OpenMP threads that wait spinning would take the CPU from the other workers'
-        # (2 workers × 2 threads on 2 cores ran 6× slower). Waiting passively changes no result.
+        # (2 workers × 2 threads on 2 cores ran about 5× slower). Waiting passively changes no result.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from studio.runtime import prepare_process, quiet_libraries
 
