@@ -108,22 +108,29 @@ def _base_settings(request: GenerationRequest) -> dict:
     return data
 
 
-def _claim_folder(out: Path, request: GenerationRequest) -> None:
-    """Make ``out`` this render's folder, or check that it already is (a rerun); another render's is refused."""
+def _check_folder(out: Path, request: GenerationRequest) -> None:
+    """Refuse ``out`` if it cannot be written or holds another render's settings (nothing is written here)."""
     check_can_write(out)
     path = out / SETTINGS_FILE
-    base = _base_settings(request)
-    if path.exists():
-        try:
-            there = json.loads(path.read_text(encoding="utf-8")).get("settings")
-        except (OSError, ValueError, AttributeError):
-            there = None
-        if there != base:
-            changed = sorted(k for k in set(base) | set(there or {}) if (there or {}).get(k) != base.get(k))
-            raise StudioError(f"{out} holds a render of other settings ({', '.join(changed[:5]) or 'unreadable'} "
-                              "differ): render into another folder (--out), or run the same settings to resume")
+    if not path.exists():
         return
-    atomic_write_bytes(path, json.dumps({"settings": base}, indent=2, ensure_ascii=False).encode())
+    base = _base_settings(request)
+    try:
+        there = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        there = None
+    if there != base:
+        changed = sorted(k for k in set(base) | set(there or {}) if (there or {}).get(k) != base.get(k))
+        raise StudioError(f"{out} holds a render of other settings ({', '.join(changed[:5]) or 'unreadable'} "
+                          "differ): render into another folder (--out), or run the same settings to resume")
+
+
+def _claim_folder(out: Path, request: GenerationRequest) -> None:
+    """Make ``out`` this render's folder (once its checks passed): a rerun into it must ask for the same settings."""
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        atomic_write_bytes(path, json.dumps({"settings": _base_settings(request)}, indent=2,
+                                            ensure_ascii=False).encode())
 
 
 def _default_workers(plan, address: Optional[str]) -> int:
@@ -303,7 +310,7 @@ def render(studio, settings: RenderSettings, on_progress: Optional[Callable[[Pro
     plan = studio.plan(probe_request)
     for job in {j.prompt: j for j in jobs}.values():
         studio.plan(job.request)  # each prompt (its tokens, its LoRA tags) checked before a worker starts
-    _claim_folder(out, settings.request)
+    _check_folder(out, settings.request)
     manifest = Manifest(out)
     todo = [job for job in jobs if manifest.done(job.key) is None]
     progress = Progress(total=len(jobs), done_before=len(jobs) - len(todo))
@@ -315,6 +322,7 @@ def render(studio, settings: RenderSettings, on_progress: Optional[Callable[[Pro
             on_progress(progress)
         return {**summary, "message": f"all {len(jobs)} images are done already ({manifest.path.name})"}
     _check_space(out, settings.keep_free, progress)
+    _claim_folder(out, settings.request)  # only now: a refused render writes nothing
     preset = studio.make_preset(probe_request, "render")
     fingerprint = studio.engine.preview_fingerprints(plan)[0]
     local = not settings.address
@@ -444,7 +452,10 @@ def _run(pool: _Pool, queue: deque, manifest: Manifest, out: Path, settings: Ren
 
 
 def _check_space(out: Path, keep_free: int, progress: Progress, needed: int = 0) -> None:
-    free = shutil.disk_usage(out).free
+    disk = out
+    while not disk.exists() and disk.parent != disk:  # a folder still to be made: the disk it will be on
+        disk = disk.parent
+    free = shutil.disk_usage(disk).free
     if free - needed < keep_free:
         raise StudioError(f"the disk holding {out} has {free / 2**20:.0f} MiB free, under the {keep_free / 2**20:.0f} "
                           f"MiB a render leaves free: {progress.done_before + progress.done} of {progress.total} images"
