@@ -922,6 +922,7 @@ class Http(Target):
             "backend": ["torch", "openvino", "onnx"],
             "device": ["cpu", "CPU", "cuda", "cuda:0", "cuda:1", "GPU", "GPU.1", "NPU", "AUTO", "mps", "", "meta"],
             "ov_mode": ["accuracy", "performance", "latency"], "text_encoder": ["torch", "openvino", "cpu"],
+            "ov_weights": ["full", "int8", "int4", ""], "compile": ["none", "torch", "inductor", 1],
             "chunk_policy": ["exact", "pad:1", "pad:2", "pad:20", "pad:21", "pad:0", "pad:", "pad:-1", "pad:02"],
             "clip_skip": [1, 2, 12, 13, 0, 1.5, 2.0],
             "styles": [[], ["Photograph"], ["Photograph", "Street Photo"], ["photograph"], ["Fooocus V2"],

@@ -397,7 +397,8 @@ def requests_from_args(args, studio=None):
     if args.lora is not None:
         values["loras"] = [parse_lora(text) for text in args.lora]  # replaces the preset's LoRAs, as --style does
     backend = {k: v for k, v in (("name", args.backend), ("device", args.device), ("ov_mode", args.ov_mode),
-                                 ("text_encoder", args.text_encoder)) if v}
+                                 ("text_encoder", args.text_encoder), ("compile", args.compile),
+                                 ("ov_weights", args.ov_weights)) if v}
     if backend:
         values["backend"] = {**base.get("backend", {}), **backend}
     if args.dtype:

@@ -96,6 +96,11 @@ CONTROLS: tuple[Control, ...] = (
             "accuracy runs fp32 everywhere; performance lets the CPU run bf16 where it can"),
     Control("text_encoder", ("backend", "text_encoder"), "OpenVINO text encoder", "choice", "--text-encoder",
             "PyTorch on the CPU, or compiled with OpenVINO"),
+    Control("compile", ("backend", "compile"), "torch.compile", "choice", "--compile",
+            "torch: compile the UNet and VAE decoder with inductor per size and prompt length (faster steps, "
+            "pixels drift from eager torch; compiled code is cached on disk)"),
+    Control("ov_weights", ("backend", "ov_weights"), "OpenVINO weights", "choice", "--ov-weights",
+            "int8: the UNet's weights compressed by NNCF (a separate IR; less memory, the image differs)"),
     Control("chunk_policy", ("chunk_policy",), "Chunk policy", "choice", "--chunk-policy",
             "pad:N encodes every prompt as N chunks, so prompt length never recompiles"),
     Control("clip_skip", ("clip_skip",), "CLIP skip", "slider", None, "A1111's Clip skip: 1 = the last layer"),

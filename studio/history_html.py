@@ -41,6 +41,10 @@ def command_line(entry) -> tuple[str, list[str]]:
     args += ["--model", r.model, "--backend", r.backend.name, "--device", r.backend.device]
     if r.backend.name == "openvino":
         args += ["--ov-mode", r.backend.ov_mode, "--text-encoder", r.backend.text_encoder]
+        if r.backend.ov_weights != "full":
+            args += ["--ov-weights", r.backend.ov_weights]
+    if r.backend.compile != "none":
+        args += ["--compile", r.backend.compile]
     args += ["--noise-source", r.noise_source]
     for component in ("text", "unet", "vae"):
         args += ["--dtype", f"{component}={getattr(r.precision, component)}"]

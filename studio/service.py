@@ -380,7 +380,8 @@ def against_request(spec: str, request: GenerationRequest) -> GenerationRequest:
     name, _, mode = spec.partition(":")
     if name not in ("torch", "openvino"):
         raise StudioError(f"--against {spec!r}: use torch or openvino, optionally with :performance or :accuracy")
-    backend = {"name": name}
+    # The reference is the plain path of that backend: eager torch, OpenVINO with its full weights.
+    backend = {"name": name, "compile": "none", "ov_weights": "full"}
     if name == "torch" and request.backend.name != "torch":
         backend.update(device="cpu", text_encoder="torch")
     if mode:

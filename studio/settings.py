@@ -46,6 +46,12 @@ class BackendSpec(_Strict):
     ov_mode: Literal["performance", "accuracy"] = "accuracy"
     # OpenVINO only: the text encoder in PyTorch on the CPU (SD.Next's default) or compiled with OpenVINO.
     text_encoder: Literal["torch", "openvino"] = "torch"
+    # torch only: the UNet and VAE decoder compiled by torch.compile (inductor, static shapes) per signature,
+    # as OpenVINO compiles; faster steps whose pixels drift from eager torch (the plan's risk says how far).
+    compile: Literal["none", "torch"] = "none"
+    # OpenVINO only: the exported weights as they are, or the UNet's (and text encoders') compressed to int8 by
+    # NNCF (SD.Next's "compress weights"): a separate IR; less memory, and the image differs (a risk says how far).
+    ov_weights: Literal["full", "int8"] = "full"
 
 
 # Fooocus's fast modes (their steps, sampler, CFG and LoRA are studio/performance.py's table).

@@ -11,7 +11,8 @@ def controls(**overrides):
     values = dict(prompt="a lighthouse at dusk", negative_prompt="", seed=321, seed_mode="increment", batch=2,
                   performance="Custom", steps=3, cfg=7.0, sampler="euler_a", width=64, height=64, model="tiny", noise_source="cpu",
                   deterministic=False, text_dtype="fp32", unet_dtype="fp32", vae_dtype="fp32", expansion=False,
-                  backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", chunk_policy="exact",
+                  backend="torch", device="cpu", ov_mode="accuracy", text_encoder="torch", ov_weights="full", compile="none",
+                  chunk_policy="exact",
                   clip_skip=1, styles=[], image_mode="vary-subtle", strength=0, mask_blur=0, inpaint_area="whole",
                   masked_padding=32, input_image=False, uov_image=None, inpaint_image=None, mask_image=None,
                   outpaint_sides=[], outpaint_pixels=128)

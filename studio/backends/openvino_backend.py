@@ -212,6 +212,9 @@ class OpenVINOBackend:
         return compiled, notes
 
     def resolve(self, request: GenerationRequest, family: str) -> ResolvedBackend:
+        if request.backend.compile != "none":
+            raise StudioError("--compile torch is the torch backend's compiler (OpenVINO compiles every run anyway): "
+                              "use --backend torch, or --compile none")
         device = self._device(request.backend.device)
         mode = request.backend.ov_mode
         asked = request.precision

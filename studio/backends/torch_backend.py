@@ -55,6 +55,9 @@ class TorchBackend:
         if request.backend.text_encoder != "torch":
             raise StudioError("the text encoder runs with OpenVINO only on the openvino backend; "
                               "use --backend openvino, or --text-encoder torch")
+        if request.backend.ov_weights != "full":
+            raise StudioError("int8 weights are OpenVINO's (--backend openvino --ov-weights int8); on torch leave "
+                              "--ov-weights at full")
         device = resolve_device(request.backend.device)
         dtypes = request.precision.model_dump()
         if device == "cpu":

@@ -99,7 +99,10 @@ def request_values(values: dict, image: dict | None = None) -> dict:
         precision={"text": values["text_dtype"], "unet": values["unet_dtype"], "vae": values["vae_dtype"]},
         backend={"name": values["backend"], "device": values["device"], "ov_mode": values["ov_mode"],
                  # the text-encoder choice is OpenVINO's; with torch it runs in torch whatever the radio says
-                 "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch"},
+                 "text_encoder": values["text_encoder"] if values["backend"] == "openvino" else "torch",
+                 # each is one backend's own: the other backend's value of it is the default
+                 "ov_weights": values["ov_weights"] if values["backend"] == "openvino" else "full",
+                 "compile": values["compile"] if values["backend"] == "torch" else "none"},
         chunk_policy=values["chunk_policy"], clip_skip=values["clip_skip"], styles=values["styles"] or [],
         expanded_prompt=_replay_texts(values), image=image, loras=slot_loras(values),
         performance=mode_of(values["performance"]),
@@ -124,7 +127,8 @@ def control_values(request, inputs=None) -> dict:
         width=r.width or 512, height=r.height or 512, model=r.model, noise_source=r.noise_source,
         deterministic=r.deterministic, text_dtype=r.precision.text, unet_dtype=r.precision.unet,
         vae_dtype=r.precision.vae, expansion=r.expansion, backend=r.backend.name, device=r.backend.device,
-        ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, chunk_policy=r.chunk_policy,
+        ov_mode=r.backend.ov_mode, text_encoder=r.backend.text_encoder, ov_weights=r.backend.ov_weights,
+        compile=r.backend.compile, chunk_policy=r.chunk_policy,
         clip_skip=r.clip_skip, styles=list(r.styles), performance=performance_of(r.steps, r.performance),
         replay={"prompt": r.prompt, "seed": r.seed, "texts": list(r.expanded_prompt)}
         if r.expansion and isinstance(r.expanded_prompt, list) else None,

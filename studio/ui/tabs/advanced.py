@@ -45,6 +45,8 @@ def build(page) -> None:
     c["device"] = widget("device", init["device"], choices=device_choices(studio, init["backend"]))
     c["ov_mode"] = widget("ov_mode", init["ov_mode"])
     c["text_encoder"] = widget("text_encoder", init["text_encoder"])
+    c["ov_weights"] = widget("ov_weights", init["ov_weights"])
+    c["compile"] = widget("compile", init["compile"])
     c["chunk_policy"] = widget("chunk_policy", init["chunk_policy"])
     gr.Markdown("**Input image** (vary, upscale, inpaint, outpaint)")
     input_image.build_settings(page)
