@@ -32,6 +32,7 @@ class ResolvedBackend(_Frozen):
     mode: Optional[str] = None
     precision: dict[str, str]
     text_encoder: str = "torch"  # where the text encoder runs: torch (on the CPU for OpenVINO) or openvino
+    weights: str = "full"  # OpenVINO: the exported weights as they are, or "int8" (NNCF-compressed)
 
 
 class AppliedStyle(_Frozen):

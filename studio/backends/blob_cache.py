@@ -60,9 +60,24 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def _files(folder: Path) -> list[tuple[str, Path]]:
+    """The cached files under ``folder`` by their path in it (a compiler may write sub-folders): not studio's
+    own, not writers' temp (dot) files, not lock files (rewritten by every reader)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        parts = rel.split("/")
+        if rel in _OURS or any(p.startswith(".") for p in parts) or "locks" in parts or path.suffix == ".lock":
+            continue
+        if path.is_file() and not path.is_symlink():
+            found.append((rel, path))
+    return found
+
+
 class BlobCache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, label: str = "openvino"):
         self.root = Path(root)
+        self.label = label  # who compiles into it, for the notes
         # Blobs already hashed by this process, by (size, mtime_ns): a file is read in full once per process.
         self._checked: dict[Path, tuple[int, int]] = {}
 
@@ -81,7 +96,7 @@ class BlobCache:
         if _read_json(folder / KEY_FILE) != key:
             stale = [p for p in folder.iterdir() if p.name not in _OURS and not p.name.startswith(".")]
             if stale:
-                notes.append(f"openvino: blob cache {folder.name} held {len(stale)} file(s) not written for these "
+                notes.append(f"{self.label}: compile cache {folder.name} held {len(stale)} file(s) not written for these "
                              "compile settings; removed them, compiling afresh")
             # Dot names are writers' temp files: one of a live writer is its own to finish; fsutil
             # removes those whose writer died.
@@ -90,16 +105,14 @@ class BlobCache:
             _write_json(folder / KEY_FILE, key)
         manifest = _read_json(folder / MANIFEST) or {}
         changed = False
-        for path in sorted(folder.iterdir()):
-            if path.name in _OURS or path.name.startswith("."):
-                continue
-            entry = manifest.get(path.name)
-            problem = self._problem(path, entry)
+        for rel, path in _files(folder):
+            problem = self._problem(path, manifest.get(rel))
             if problem:
-                notes.append(f"openvino: blob {path.name} in {folder.name} {problem}; removed it, compiling afresh")
+                notes.append(f"{self.label}: blob {rel} in {folder.name} {problem}; removed it, compiling "
+                             "afresh")
                 _remove(path)
                 self._checked.pop(path, None)
-                changed |= manifest.pop(path.name, None) is not None
+                changed |= manifest.pop(rel, None) is not None
         for name in [n for n in manifest if not (folder / n).is_file()]:
             del manifest[name]
             changed = True
@@ -120,14 +133,14 @@ class BlobCache:
         return None
 
     def record(self, folder: Path) -> None:
-        """After a compile: note the size and sha256 of the blobs OpenVINO wrote, for the next check."""
+        """After a compile: note the size and sha256 of the files the compiler wrote, for the next check."""
         manifest = _read_json(folder / MANIFEST) or {}
         added = False
-        for path in sorted(folder.iterdir()):
-            if path.name in _OURS or path.name.startswith(".") or path.name in manifest or not path.is_file():
+        for rel, path in _files(folder):
+            if rel in manifest:
                 continue
             stat = path.stat()
-            manifest[path.name] = {"size": stat.st_size, "sha256": _sha256(path)}
+            manifest[rel] = {"size": stat.st_size, "sha256": _sha256(path)}
             self._checked[path] = (stat.st_size, stat.st_mtime_ns)
             added = True
         if added:

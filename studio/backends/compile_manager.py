@@ -63,6 +63,28 @@ class Signature:
         return self.task != TEXT_TO_IMAGE
 
 
+def lora_set(loras) -> tuple[tuple, str]:
+    """A plan's LoRAs as a signature holds them: (sha256 prefix, weight) in the order applied, and a label
+    for reasons ("style 0.8, ink 1"); ((), "") without LoRAs."""
+    loras = list(loras or [])
+    key = tuple((lora.sha256[:16], float(lora.weight)) for lora in loras)
+    return key, ", ".join(f"{lora.name} {lora.weight:g}" for lora in loras)
+
+
+def make_signature(mode: str, batch: int, width: int, height: int, chunks: int, model: str, device: str,
+                   prompt_chunks: Optional[int] = None, image_method: Optional[str] = None,
+                   loras=None) -> Signature:
+    """The signature of a run: ``image_method`` is the plan's ImagePlan.method (None: text to image), ``loras``
+    its AppliedLora list."""
+    from studio.engine.image_modes import METHODS
+
+    task = {None: TEXT_TO_IMAGE, METHODS["img2img"]: "image to image", METHODS["blend"]: "inpaint (latent blending)",
+            METHODS["inpaint_unet"]: "inpaint (9-channel UNet)"}[image_method]
+    key, label = lora_set(loras)
+    return Signature(device=device, mode=mode, batch=batch, width=width, height=height, chunks=chunks, model=model,
+                     prompt_chunks=prompt_chunks, task=task, loras=key, lora_label=label)
+
+
 def lora_set_hash(loras: tuple) -> str:
     """A short hash of a LoRA set ((sha256, weight) pairs in order): names its IR folder and its signatures."""
     import hashlib
@@ -111,7 +133,10 @@ class CompileManager:
     each hold a short lock (never across a compile).
     """
 
-    def __init__(self, capacity: int = 3):
+    def __init__(self, capacity: int = 3, evict_all: bool = False):
+        # evict_all: the backend cannot free one variant alone (torch.compile's graphs live in one process-wide
+        # cache that is only reset whole), so making room drops every variant held but the new one.
+        self.evict_all = evict_all
         self._lru: OrderedDict[Signature, Any] = OrderedDict()
         self._evicted: set[Signature] = set()
         self._dropped: set[Signature] = set()
@@ -143,7 +168,7 @@ class CompileManager:
                 return CompilePlan(signature=str(sig), will_compile=False, reason=reason)
             # A compile adds one and then trims to capacity, oldest first.
             over = len(held) + 1 - self.capacity
-            dropped = held[:max(over, 0)]
+            dropped = held if self.evict_all and over > 0 else held[:max(over, 0)]
             return CompilePlan(signature=str(sig), will_compile=True, reason=self._reason(sig),
                                evicts=", ".join(str(s) for s in dropped) or None)
 
@@ -183,7 +208,8 @@ class CompileManager:
         events = []
         with self._lock:
             self.capacity = capacity
-            while len(self._lru) > capacity:
+            keep = 1 if self.evict_all and len(self._lru) > capacity else capacity
+            while len(self._lru) > keep:
                 old, _ = self._lru.popitem(last=False)
                 self._evicted.add(old)
                 self.counters["evictions"] += 1

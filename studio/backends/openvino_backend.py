@@ -32,7 +32,8 @@ from typing import Any, Optional
 from studio.backends.base import (BackendOutput, ImageSkipped, RunHooks, StepCallback, as_hooks, guarded_callback,
                                   non_finite)
 from studio.backends.blob_cache import BlobCache
-from studio.backends.compile_manager import TEXT_TO_IMAGE, CompileManager, Signature, lora_set_hash
+from studio.backends.compile_manager import (CompileManager, Signature, lora_set, lora_set_hash,
+                                             make_signature)
 from studio.adapters.loras import apply_to_pipeline
 from studio.backends.image_inputs import image_kwargs, scale_latents, watch_noise
 from studio.engine import precision
@@ -46,20 +47,9 @@ from studio.prompts.encode import encode
 from studio.settings import GenerationRequest
 from studio.runtime import quiet_libraries
 
-# An ImagePlan's method (None: text to image) → the task its signature compiles for (compile_manager.TASKS).
-TASK_OF_METHOD = {None: TEXT_TO_IMAGE, METHODS["img2img"]: "image to image",
-                  METHODS["blend"]: "inpaint (latent blending)", METHODS["inpaint_unet"]: "inpaint (9-channel UNet)"}
 # LoRA-set IRs kept on disk per model (each is a full copy of the model's weights): the least recently used
 # beyond this are removed when another is exported. The base IR is never removed this way.
 LORA_IRS_KEPT = 3
-
-
-def lora_set(loras) -> tuple[tuple, str]:
-    """A plan's LoRAs as a signature holds them: (sha256 prefix, weight) in the order applied, and a label
-    for reasons ("style 0.8, ink 1"); ((), "") without LoRAs."""
-    loras = list(loras or [])
-    key = tuple((lora.sha256[:16], float(lora.weight)) for lora in loras)
-    return key, ", ".join(f"{lora.name} {lora.weight:g}" for lora in loras)
 
 
 class _NotPatched(Exception):
@@ -245,10 +235,8 @@ class OpenVINOBackend:
                   device: str, prompt_chunks: Optional[int] = None, image_method: Optional[str] = None,
                   loras: Optional[list[AppliedLora]] = None) -> Signature:
         cfg_batch = 2 if request.cfg > 1 else 1  # diffusers runs CFG as one batch of (negative, positive)
-        key, label = lora_set(loras)
-        return Signature(device=device, mode=request.backend.ov_mode, batch=cfg_batch, width=width,
-                         height=height, chunks=chunks, model=model, prompt_chunks=prompt_chunks,
-                         task=TASK_OF_METHOD[image_method], loras=key, lora_label=label)
+        return make_signature(request.backend.ov_mode, cfg_batch, width, height, chunks, model, device, prompt_chunks,
+                              image_method, loras)
 
     def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None,
                         loras=None):

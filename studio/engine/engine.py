@@ -147,7 +147,7 @@ class Engine:
             if name == "torch":
                 from studio.backends.torch_backend import TorchBackend
 
-                self._backends[name] = TorchBackend()
+                self._backends[name] = TorchBackend(self.config.cache_dir, self.config.compile_cache_size)
             elif name == "openvino":
                 from studio.backends.openvino_backend import OpenVINOBackend
 
@@ -526,7 +526,7 @@ class Engine:
             return openvino_devices(ov._core)  # the core already started: no second one
         return available_devices(backend_name)
 
-    COMPILING_BACKENDS = ("openvino",)
+    COMPILING_BACKENDS = ("openvino", "torch")
 
     def compile_cache_info(self) -> dict:
         """Per compiling backend: the cached signatures (oldest first), the one in use, the capacity, the last

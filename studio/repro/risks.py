@@ -6,6 +6,11 @@ from studio.plan import ModelInfo, NoisePlan, PromptPlan, ResolvedBackend, Risk
 from studio.settings import GenerationRequest
 
 
+# The verifier's figures against the reference path, measured on this project's machines (README, Benchmarks).
+COMPILE_DRIFT_SD15 = "sd15-random at 512: not measured yet"
+INT8_DRIFT = "not measured yet"
+
+
 def _fix(what: str, app: str, cli: str) -> str:
     """A fix a user can act on in either front end: the app's tab and control, and the CLI flag."""
     return f"{what} (app: {app}; CLI: {cli})"
@@ -61,6 +66,22 @@ def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInf
             code="compiled_performance_mode",
             why="OpenVINO performance mode computes in lower precision (bf16/fp16): the image drifts from fp32",
             fix=_fix("use accuracy mode", "Advanced › OpenVINO mode: accuracy", "--ov-mode accuracy"),
+        ))
+    if backend.mode == "inductor":
+        risks.append(Risk(
+            code="torch_compile",
+            why="torch.compile (inductor) fuses and reorders the UNet's and VAE decoder's arithmetic: the image drifts "
+                "from eager torch (measured here: max 1.0e-6 of the 0..1 range on tiny, within 1/255; "
+                f"{COMPILE_DRIFT_SD15}) and between CPUs with other vector units; a compile reloaded from the disk cache "
+                "gives the same pixels as the first",
+            fix=_fix("run eager torch", "Advanced › torch.compile: none", "--compile none"),
+        ))
+    if backend.weights == "int8":
+        risks.append(Risk(
+            code="int8_weights",
+            why="the UNet's weights are compressed to int8 (NNCF): the image will differ from the full weights "
+                f"({INT8_DRIFT})",
+            fix=_fix("use the full weights", "Advanced › OpenVINO weights: full", "--ov-weights full"),
         ))
     if request.expansion:
         risks.append(Risk(
