@@ -44,6 +44,7 @@ class Signature:
     # whose signatures read and compare as they always did. ``lora_label`` names them for reasons only.
     loras: tuple = ()
     lora_label: str = field(default="", compare=False)
+    weights: str = "full"  # OpenVINO's int8-compressed weights are another model: another variant
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -54,8 +55,9 @@ class Signature:
         # The task is said only when it is not text to image: text-to-image signatures read as they always did.
         suffix = f":{TASKS[self.task]}" if self.task != TEXT_TO_IMAGE else ""
         lora = f":lora-{lora_set_hash(self.loras)[:8]}" if self.loras else ""
+        weights = f":{self.weights}" if self.weights != "full" else ""
         return (f"{prefix}{self.device}:{self.mode}:b{self.batch}:{self.width}x{self.height}:{self.chunks * 77}tok"
-                f"{suffix}{lora}")
+                f"{suffix}{lora}{weights}")
 
     @property
     def image_input(self) -> bool:
@@ -73,7 +75,7 @@ def lora_set(loras) -> tuple[tuple, str]:
 
 def make_signature(mode: str, batch: int, width: int, height: int, chunks: int, model: str, device: str,
                    prompt_chunks: Optional[int] = None, image_method: Optional[str] = None,
-                   loras=None) -> Signature:
+                   loras=None, weights: str = "full") -> Signature:
     """The signature of a run: ``image_method`` is the plan's ImagePlan.method (None: text to image), ``loras``
     its AppliedLora list."""
     from studio.engine.image_modes import METHODS
@@ -82,7 +84,7 @@ def make_signature(mode: str, batch: int, width: int, height: int, chunks: int, 
             METHODS["inpaint_unet"]: "inpaint (9-channel UNet)"}[image_method]
     key, label = lora_set(loras)
     return Signature(device=device, mode=mode, batch=batch, width=width, height=height, chunks=chunks, model=model,
-                     prompt_chunks=prompt_chunks, task=task, loras=key, lora_label=label)
+                     prompt_chunks=prompt_chunks, task=task, loras=key, lora_label=label, weights=weights)
 
 
 def lora_set_hash(loras: tuple) -> str:
@@ -101,6 +103,8 @@ def describe_change(old: Optional[Signature], new: Signature) -> str:
         changes.append(f"model {old.model}→{new.model}")
     if old.loras != new.loras:
         changes.append(f"LoRA set changed: {old.lora_label or 'none'} → {new.lora_label or 'none'}")
+    if old.weights != new.weights:
+        changes.append(f"weights {old.weights}→{new.weights}")
     if old.task != new.task:
         changes.append(f"mask mode {old.task}→{new.task}")
     if (old.width, old.height) != (new.width, new.height):

@@ -148,6 +148,7 @@ class OpenVINOBackend:
         self._core = None
         self._loaded: Optional[tuple[tuple, Loaded]] = None  # one model (and LoRA set) at a time
         self._export_seconds: dict[str, float] = {}  # model short hash → its last measured export, for predictions
+        self._compress_seconds: dict[str, float] = {}  # the same for the int8 compression
 
     # -- device and mode -------------------------------------------------------------------------
     @property
@@ -223,7 +224,7 @@ class OpenVINOBackend:
         compiled = "fp32" if mode == "accuracy" else _precision_name(
             self.core.get_property(device, "INFERENCE_PRECISION_HINT"))
         return ResolvedBackend(name=self.name, device=device, mode=mode, text_encoder=request.backend.text_encoder,
-                               precision={"text": compiled if on_ov else asked.text, "unet": compiled,
+                               weights=request.backend.ov_weights, precision={"text": compiled if on_ov else asked.text, "unet": compiled,
                                           "vae": compiled})
 
     def generator_device(self, resolved: ResolvedBackend) -> str:
@@ -236,7 +237,7 @@ class OpenVINOBackend:
                   loras: Optional[list[AppliedLora]] = None) -> Signature:
         cfg_batch = 2 if request.cfg > 1 else 1  # diffusers runs CFG as one batch of (negative, positive)
         return make_signature(request.backend.ov_mode, cfg_batch, width, height, chunks, model, device, prompt_chunks,
-                              image_method, loras)
+                              image_method, loras, request.backend.ov_weights)
 
     def predict_compile(self, request, model, width, height, chunks, prompt_chunks=None, image_method=None,
                         loras=None):
@@ -244,35 +245,50 @@ class OpenVINOBackend:
                                                          self._device(request.backend.device), prompt_chunks,
                                                          image_method, loras))
         key, label = lora_set(loras)
+        int8 = request.backend.ov_weights == "int8"
+        if int8 and self._find_ir(model, key, "int8") is not None:
+            return prediction
+        compress = (" (then the UNet's weights compressed to int8 by NNCF, a separate IR: "
+                    f"{self._int8_expect(model)})") if int8 else ""
         if self._find_ir(model, key) is not None:
+            if int8:
+                return prediction.model_copy(update={
+                    "export": f"the UNet's weights compressed to int8 by NNCF first, a separate IR "
+                              f"({self._int8_expect(model)})"})
             return prediction
         if key and self._find_ir(model) is not None:
             return prediction.model_copy(update={"export": f"the LoRA set's weights ({label}) written into a copy "
-                                                           "of the model's IR first (no export, under a second)"})
+                                                           f"of the model's IR first (no export, under a second){compress}"})
         what = f"for the LoRA set {label}" if key else "of the model"
         last = self._export_seconds.get(model)
         expect = (f"~{last:.1f} s, as this model's last export" if last is not None else
                   f"the first {'for this LoRA set' if key else 'of this model'} in this session: not measured yet")
-        return prediction.model_copy(update={"export": f"an export to OpenVINO IR {what} first ({expect})"})
+        return prediction.model_copy(update={"export": f"an export to OpenVINO IR {what} first ({expect}){compress}"})
+
+    def _int8_expect(self, model: str) -> str:
+        last = self._compress_seconds.get(model)
+        return f"~{last:.1f} s, as last time" if last is not None else "not measured yet in this session"
 
     # -- export / load -----------------------------------------------------------------------------
     @staticmethod
-    def _ir_suffix(loras: tuple = ()) -> str:
+    def _ir_suffix(loras: tuple = (), weights: str = "full") -> str:
         import openvino
         from importlib.metadata import version
 
         lora = f"-lora{lora_set_hash(loras)}" if loras else ""  # the base IR's name is the one it always had
+        int8 = "-int8" if weights == "int8" else ""
         return re.sub(r"[^A-Za-z0-9._-]", "_", f"-ov{openvino.__version__.split('-')[0]}-oi{version('optimum-intel')}"
-                                                f"{lora}")
+                                                f"{lora}{int8}")
 
-    def _ir_dir(self, sha256: str, loras: tuple = ()) -> Path:
-        """The IR folder of a model, or of the model with a LoRA set fused in (``loras`` as lora_set gives it)."""
-        return self.cache_dir / "openvino" / "ir" / f"{sha256[:16]}{self._ir_suffix(loras)}"
+    def _ir_dir(self, sha256: str, loras: tuple = (), weights: str = "full") -> Path:
+        """The IR folder of a model, or of the model with a LoRA set fused in (``loras`` as lora_set gives it), with
+        its full weights or the UNet's compressed to int8."""
+        return self.cache_dir / "openvino" / "ir" / f"{sha256[:16]}{self._ir_suffix(loras, weights)}"
 
-    def _find_ir(self, short_hash: str, loras: tuple = ()) -> Optional[Path]:
+    def _find_ir(self, short_hash: str, loras: tuple = (), weights: str = "full") -> Optional[Path]:
         """The exported IR of the model whose sha256 starts with ``short_hash`` (planning has only that), if any."""
         root = self.cache_dir / "openvino" / "ir"
-        suffix = self._ir_suffix(loras)
+        suffix = self._ir_suffix(loras, weights)
         if not root.is_dir():
             return None
         return next((d for d in root.iterdir() if d.name.startswith(short_hash) and d.name.endswith(suffix)
@@ -353,7 +369,7 @@ class OpenVINOBackend:
 
     def _load(self, plan: Plan, load_torch, hooks: RunHooks, loras: Optional[dict] = None) -> Loaded:
         lora_key, label = lora_set(plan.loras)
-        key = (plan.model.sha256, tuple(sorted(plan.backend.precision.items())), lora_key)
+        key = (plan.model.sha256, tuple(sorted(plan.backend.precision.items())), lora_key, plan.backend.weights)
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
         self._loaded = None
@@ -402,6 +418,11 @@ class OpenVINOBackend:
             load_note = f"openvino: IR {'of the LoRA set ' if plan.loras else ''}loaded from cache (no export)"
             if plan.loras:
                 os.utime(ir)  # recently used: the last LoRA-set IR to be pruned
+        compile_key = plan.model.sha256 + (f"+lora{lora_set_hash(lora_key)}" if lora_key else "")
+        if plan.backend.weights == "int8":
+            ir, note = self._int8_ir(plan, ir, lora_key, hooks)
+            load_note = f"{load_note}; {note}"
+            compile_key += "+int8"
         # No CACHE_DIR here: studio compiles every part itself, each through its own key's blob folder.
         ov_pipe = cls.from_pretrained(str(ir), compile=False, local_files_only=True,
                                       ov_config=self._ov_config(plan.backend.mode))
@@ -411,10 +432,41 @@ class OpenVINOBackend:
         if plan.model.family == "sdxl":
             text.tokenizer_2, text.text_encoder_2 = torch_pipe.tokenizer_2, torch_pipe.text_encoder_2
         precision.apply(text, plan.backend.precision)
-        loaded = Loaded(ov_pipe, text, dict(ov_pipe.scheduler.config), load_note, ir=ir,
-                        compile_key=plan.model.sha256 + (f"+lora{lora_set_hash(lora_key)}" if lora_key else ""))
+        loaded = Loaded(ov_pipe, text, dict(ov_pipe.scheduler.config), load_note, ir=ir, compile_key=compile_key)
         self._loaded = (key, loaded)
         return loaded
+
+    def _int8_ir(self, plan: Plan, full: Path, lora_key: tuple, hooks: RunHooks) -> tuple[Path, str]:
+        """The IR ``full`` with the UNet's weights compressed to int8 by NNCF (asymmetric, per channel: its default,
+        SD.Next's "compress weights"), made once beside it; the other parts are hard links to ``full``'s files."""
+        out_dir = self._ir_dir(plan.model.sha256, lora_key, "int8")
+        if (out_dir / "model_index.json").is_file():
+            return out_dir, "the int8 IR loaded from cache"
+        hooks.stage("compressing the UNet's weights to int8 (NNCF)")
+        start = time.perf_counter()
+        import contextlib
+        import io
+        import logging
+
+        import nncf
+        import openvino
+
+        nncf.set_log_level(logging.ERROR)
+        # NNCF prints its table and progress bar on stdout, which is the CLI's JSON channel: kept out of it.
+        with atomic_dir(out_dir) as out, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            shutil.copytree(full, out, dirs_exist_ok=True, copy_function=_link_or_copy,
+                            ignore=lambda folder, files: [f for f in files if Path(folder).name == "unet"
+                                                          and f.startswith("openvino_model.")])
+            model = self.core.read_model(str(full / "unet" / "openvino_model.xml"))
+            compressed = nncf.compress_weights(model)
+            openvino.save_model(compressed, str(out / "unet" / "openvino_model.xml"), compress_to_fp16=False)
+        seconds = time.perf_counter() - start
+        self._compress_seconds[plan.model.short_hash] = seconds
+        if lora_key:
+            self._prune_lora_irs(plan.model.sha256, out_dir)
+        hooks.check()
+        return out_dir, f"compressed the UNet's weights to int8 (NNCF) in {seconds:.1f} s"
 
     def _task_pipeline(self, loaded: Loaded, plan: Plan):
         """optimum-intel's image-to-image or inpaint pipeline of the loaded model (made once per model): the
@@ -573,8 +625,9 @@ class OpenVINOBackend:
         chunks = f"{sig.chunks} chunk{'s' * (sig.chunks > 1)}"
         parts = "UNet, VAE encoder and decoder" if sig.image_input else "UNet and VAE decoder"
         task = f", {sig.task}" if sig.image_input else ""
+        weights = ", int8 weights" if sig.weights == "int8" else ""
         return (f"compiling {parts} for {sig.width}×{sig.height}{task}, {chunks} "
-                f"({sig.mode} mode on {sig.device})")
+                f"({sig.mode} mode on {sig.device}{weights})")
 
     def generate(self, plan: Plan, load_pipeline, latents, generators, on_step: Optional[StepCallback] = None,
                  hooks: Optional[RunHooks] = None, inputs=None, loras=None, embeddings=None):
@@ -641,8 +694,9 @@ class OpenVINOBackend:
             noise_check()
         notes += upcasts
         compiled_parts = "text encoder, UNet and VAE" if plan.backend.text_encoder == "openvino" else "UNet and VAE"
+        int8 = "; the UNet's weights int8" if plan.backend.weights == "int8" else ""
         notes.append(f"openvino: {compiled_parts} ran in {compiled['precision']} "
-                     f"({request.backend.ov_mode} mode on {plan.backend.device})")
+                     f"({request.backend.ov_mode} mode on {plan.backend.device}{int8})")
         return BackendOutput(images=out.images, compile_events=events, notes=notes)
 
     # -- the compile cache panel -----------------------------------------------------------------------
