@@ -143,7 +143,7 @@ class CompileManager:
         self.evict_all = evict_all
         self._lru: OrderedDict[Signature, Any] = OrderedDict()
         self._evicted: set[Signature] = set()
-        self._dropped: set[Signature] = set()
+        self._dropped: dict[Signature, str] = {}  # signature → why it was dropped (said when it compiles again)
         self._last: Optional[Signature] = None
         self._last_compile: Optional[dict] = None
         self._lock = threading.Lock()
@@ -158,7 +158,7 @@ class CompileManager:
 
     def _reason(self, sig: Signature) -> str:
         if sig in self._dropped:
-            return "the compile cache was dropped: " + describe_change(self._last, sig)
+            return f"{self._dropped[sig]}: " + describe_change(self._last, sig)
         if sig in self._evicted:
             return f"evicted earlier (LRU holds {self.capacity}): " + describe_change(self._last, sig)
         return describe_change(self._last, sig)
@@ -200,7 +200,7 @@ class CompileManager:
         with self._lock:
             self._lru[sig] = compiled
             self._evicted.discard(sig)
-            self._dropped.discard(sig)
+            self._dropped.pop(sig, None)
             self._last = sig
             self._last_compile = {"signature": str(sig), "seconds": round(seconds, 4), "reason": reason}
             self.counters["compiles"] += 1
@@ -221,10 +221,12 @@ class CompileManager:
                                "seconds": 0.0})
         return events
 
-    def drop(self) -> list[str]:
-        """Empty the LRU (the compiled models are released once no run holds them); the signatures dropped."""
+    def drop(self, keep_model: Optional[str] = None, why: str = "the compile cache was dropped") -> list[str]:
+        """Empty the LRU, or drop only the variants of models other than ``keep_model`` (a short hash); the compiled
+        models are released once no run holds them. The signatures dropped."""
         with self._lock:
-            dropped = list(self._lru)
-            self._lru.clear()
-            self._dropped.update(dropped)
+            dropped = [s for s in self._lru if keep_model is None or s.model != keep_model]
+            for sig in dropped:
+                del self._lru[sig]
+                self._dropped[sig] = why
             return [str(s) for s in dropped]

@@ -372,7 +372,10 @@ class OpenVINOBackend:
         key = (plan.model.sha256, tuple(sorted(plan.backend.precision.items())), lora_key, plan.backend.weights)
         if self._loaded is not None and self._loaded[0] == key:
             return self._loaded[1]
+        # The previous model goes before the next one loads: its pipeline, and its compiled variants (each holds
+        # a copy of its weights), so two models are never in memory together.
         self._loaded = None
+        self.manager.drop(keep_model=plan.model.short_hash, why="released when another model was loaded")
         quiet_libraries()
         from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
 
@@ -698,6 +701,13 @@ class OpenVINOBackend:
         notes.append(f"openvino: {compiled_parts} ran in {compiled['precision']} "
                      f"({request.backend.ov_mode} mode on {plan.backend.device}{int8})")
         return BackendOutput(images=out.images, compile_events=events, notes=notes)
+
+    def unload(self, keep_model: Optional[str] = None) -> bool:
+        """Release the loaded model and the compiled variants, but those of ``keep_model`` (a short hash: the model
+        another backend is about to run, whose variants stay the compile cache); whether anything was held."""
+        held = self._loaded is not None
+        self._loaded = None
+        return bool(self.manager.drop(keep_model=keep_model, why="released when another model was loaded")) or held
 
     # -- the compile cache panel -----------------------------------------------------------------------
     def compile_cache_info(self) -> dict:

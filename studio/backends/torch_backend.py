@@ -127,11 +127,15 @@ class TorchBackend:
         if self._compiled.pop(key, None) is not None:
             self.drop_compile_cache()
 
-    def unload(self) -> None:
-        """Release every model this backend holds (the engine calls it before another backend loads one)."""
+    def unload(self, keep_model: Optional[str] = None) -> bool:
+        """Release every model this backend holds, with what was compiled of it (the engine calls it before another
+        backend loads one; ``keep_model`` is for backends whose compiled variants outlive their model); whether
+        anything was held."""
+        held = bool(self._pipelines)
         for key in list(self._pipelines):
             del self._pipelines[key]
             self._forget(key)
+        return held
 
     def _activate_compiled(self, plan: Plan, pipe, warm_up, hooks: RunHooks) -> tuple[Any, list[dict], list[str]]:
         """The compiled parts with ``plan``'s signature compiled (by ``warm_up``, a one-step run through them),

@@ -390,6 +390,7 @@ class Engine:
         latents = noise.initial_latents(generators, tuple(plan.noise.latent_shape), plan.noise.generator_device)
         fingerprints = noise.image_fingerprints(latents, self._fingerprint_salt(plan))
         backend = self.backend(plan.backend.name)
+        self._unload_others(plan)
         inputs = None
         if plan.image is not None:
             inputs = image_modes.prepare(plan.image, plan.request, plan.width, plan.height, self.inputs)
@@ -473,6 +474,26 @@ class Engine:
         }
         return Result(plan=plan, images=images, fingerprints=[fingerprints[i] for i in kept], timings=timings,
                       compile_events=compile_events, notes=notes, kept=kept, skipped=skipped)
+
+    def _unload_others(self, plan: Plan) -> None:
+        """Free what the other backends hold before this one loads: one copy of one model in memory at a time
+        (OpenVINO's compiled variants of this plan's model stay: they are its compile cache)."""
+        freed = [backend.unload(keep_model=plan.model.short_hash) for name, backend in self._backends.items()
+                 if name != plan.backend.name and hasattr(backend, "unload")]
+        if any(freed):
+            import gc
+
+            gc.collect()  # the pipelines' reference cycles: their memory goes now, not at some later collection
+
+    def unload(self) -> None:
+        """Free every model and compiled variant the backends hold (the next run loads again)."""
+        with self._run_lock:
+            for backend in self._backends.values():
+                if hasattr(backend, "unload"):
+                    backend.unload()
+            import gc
+
+            gc.collect()
 
     def first_step(self, plan: Plan) -> np.ndarray:
         """Image 0's latents after its first step, as float32 on the CPU: what two machines compare before a
