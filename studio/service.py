@@ -368,6 +368,14 @@ def _with_missing_inputs(report: dict, image, missing: list[tuple[str, str]], wh
     return report
 
 
+def stages_text(timings: dict) -> str:
+    """A run's stages with their seconds, for the CLI and the app: "loading the model 1.8 s · … · decoding 0.1 s
+    (first step done after 3.0 s)"."""
+    parts = [f"{s['stage']} {s['seconds']:.1f} s" for s in timings.get("stages", [])]
+    first = timings.get("first_step_s")
+    return " · ".join(parts) + (f" (first step done after {first:.1f} s)" if first is not None else "")
+
+
 def describe_backend(plan) -> str:
     b = plan.backend
     return b.name + (f":{b.mode}" if b.mode else "") + f" on {b.device}"

@@ -95,6 +95,12 @@ class _Stages:
     def __init__(self, on_stage: Optional[StageCallback], stop: Optional[threading.Event]):
         self.on_stage, self.stop = on_stage, stop
         self.current: Optional[str] = None
+        self.began: list[tuple[str, float]] = []  # (stage, perf_counter when it began), in order
+
+    def timeline(self, end: float) -> list[dict]:
+        """Each stage with its seconds (a stage lasts until the next begins; the last until ``end``)."""
+        ends = [t for _, t in self.began[1:]] + [end]
+        return [{"stage": name, "seconds": round(stop - start, 4)} for (name, start), stop in zip(self.began, ends)]
 
     def check(self) -> None:
         if self.stop is None or not self.stop.is_set():
@@ -108,6 +114,7 @@ class _Stages:
     def begin(self, name: str) -> None:
         self.check()
         self.current = name
+        self.began.append((name, time.perf_counter()))
         if self.on_stage is not None:
             self.on_stage(name)
 
@@ -401,6 +408,7 @@ class Engine:
         lora_paths = {lora.sha256: self.loras.path(lora) for lora in plan.loras}
         embedding_vectors = self.embeddings.load(plan.prompt.embeddings)
         load_s = 0.0
+        first_step_at: list[float] = []
 
         def load():
             nonlocal load_s
@@ -424,6 +432,8 @@ class Engine:
             def step(done, _total, i=i):
                 nonlocal last_step, steps_done
                 last_step = done
+                if not first_step_at:
+                    first_step_at.append(time.perf_counter())
                 steps_done += 1
                 if on_step is not None:
                     on_step(i * steps + done, steps * count)
@@ -464,13 +474,17 @@ class Engine:
         notes = list(dict.fromkeys(n for o in outputs for n in o.notes))
         notes += [f"live preview failed and was turned off for this run (the images are not affected): {e}"
                   for e in preview_failed[:1]]
-        total = time.perf_counter() - start
+        end = time.perf_counter()
+        total = end - start
         compile_s = sum(e.get("seconds", 0.0) for e in compile_events if e.get("kind") == "compile")
         timings = {
             "total_s": round(total, 4),
             "load_s": round(load_s, 4),
             "compile_s": round(compile_s, 4),
             "steps_per_s": round(steps_done / max(total - compile_s - load_s, 1e-9), 4),
+            # from the run's start to its first step done: what a user waits before the first step shows
+            "first_step_s": round(first_step_at[0] - start, 4) if first_step_at else None,
+            "stages": stages.timeline(end),
         }
         return Result(plan=plan, images=images, fingerprints=[fingerprints[i] for i in kept], timings=timings,
                       compile_events=compile_events, notes=notes, kept=kept, skipped=skipped)

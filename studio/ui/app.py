@@ -17,6 +17,7 @@ from pathlib import Path
 from studio.controls import CONTROL_ORDER
 from studio.errors import StudioError
 from studio.settings import AppConfig
+from studio.service import stages_text
 from studio.ui.page import API_ORDER, INPUT_ORDER, STATE_ORDER, Page, _replay_texts, control_values, request_values
 from studio.ui.views import (error_html, handler, lost_jobs_markdown, plan_markdown, public,
                              report_markdown)
@@ -299,7 +300,8 @@ def build_app(config: AppConfig, model: str | None = None, preset: str | None = 
                         if job.plan.prompt.expansion is not None:
                             lines += [f"- `{s['seed']}` expanded prompt: {s['prompt_final']}" for s in saved]
                         info = "\n".join(["**Images** (seed · initial-noise fingerprint · file)", *lines]
-                                         + [f"- ⚠️ {n}" for n in job.notes])
+                                         + [f"- ⚠️ {n}" for n in job.notes]
+                                         + [f"\n**Stages**: {stages_text(job.result.timings)}"])
                         next_seed = studio.next_seed(settings, job.plan)
                         yield ([s["path"] for s in saved], "", public(info),
                                -1 if next_seed is None else next_seed, None,
