@@ -40,3 +40,17 @@ def quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+def release_memory() -> None:
+    """Free a dropped model's memory now: collect the reference cycles its modules hold, then hand the allocator's
+    free pages back to the system. Without the trim, glibc keeps a freed model's heap pages, and the next model's
+    load adds its own beside them (measured: +1 model of peak memory per switch)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to trim
+        pass

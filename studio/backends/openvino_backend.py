@@ -45,7 +45,7 @@ from studio.fsutil import atomic_dir
 from studio.repro.environment import cpu_info
 from studio.prompts.encode import encode
 from studio.settings import GenerationRequest
-from studio.runtime import quiet_libraries
+from studio.runtime import quiet_libraries, release_memory
 
 # LoRA-set IRs kept on disk per model (each is a full copy of the model's weights): the least recently used
 # beyond this are removed when another is exported. The base IR is never removed this way.
@@ -374,8 +374,10 @@ class OpenVINOBackend:
             return self._loaded[1]
         # The previous model goes before the next one loads: its pipeline, and its compiled variants (each holds
         # a copy of its weights), so two models are never in memory together.
+        held = self._loaded is not None
         self._loaded = None
-        self.manager.drop(keep_model=plan.model.short_hash, why="released when another model was loaded")
+        if self.manager.drop(keep_model=plan.model.short_hash, why="released when another model was loaded") or held:
+            release_memory()
         quiet_libraries()
         from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
 

@@ -20,6 +20,7 @@ from studio.plan import Plan, ResolvedBackend
 from studio.samplers import make_scheduler, sampler_spec
 from studio.errors import StudioError
 from studio.prompts.encode import encode
+from studio.runtime import release_memory
 from studio.settings import GenerationRequest
 
 
@@ -109,9 +110,13 @@ class TorchBackend:
         if key in self._pipelines:
             self._pipelines.move_to_end(key)
             return self._pipelines[key]
-        while len(self._pipelines) >= self._max:
-            old, _ = self._pipelines.popitem(last=False)  # drop the old one before loading the next
-            self._forget(old)
+        if len(self._pipelines) >= self._max:
+            while len(self._pipelines) >= self._max:
+                # Drop the old one before loading the next, keeping no name for it (a local would hold it alive).
+                old = next(iter(self._pipelines))
+                del self._pipelines[old]
+                self._forget(old)
+            release_memory()  # before the next one loads, not at some later collection
         pipe = load()
         # Every run builds its scheduler from the model's own config, never from the last sampler's.
         pipe._studio_scheduler_config = dict(pipe.scheduler.config)

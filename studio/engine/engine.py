@@ -24,6 +24,7 @@ from studio.models.tokenizer import clip_tokenizer
 from studio.prompts.chunking import MAX_PROMPT_CHARS, check_length, count_tokens
 from studio.prompts.extra_networks import take_lora_tags
 from studio.repro import risks
+from studio.runtime import release_memory
 from studio.settings import AppConfig, EmbeddingUse, GenerationRequest, LoraUse
 from studio.styles import StyleLibrary, apply_styles, load_library
 from studio.engine import image_modes
@@ -495,9 +496,7 @@ class Engine:
         freed = [backend.unload(keep_model=plan.model.short_hash) for name, backend in self._backends.items()
                  if name != plan.backend.name and hasattr(backend, "unload")]
         if any(freed):
-            import gc
-
-            gc.collect()  # the pipelines' reference cycles: their memory goes now, not at some later collection
+            release_memory()
 
     def unload(self) -> None:
         """Free every model and compiled variant the backends hold (the next run loads again)."""
@@ -505,9 +504,7 @@ class Engine:
             for backend in self._backends.values():
                 if hasattr(backend, "unload"):
                     backend.unload()
-            import gc
-
-            gc.collect()
+            release_memory()
 
     def first_step(self, plan: Plan) -> np.ndarray:
         """Image 0's latents after its first step, as float32 on the CPU: what two machines compare before a

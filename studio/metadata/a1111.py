@@ -51,7 +51,8 @@ def infotext(plan: Plan, index: int, fingerprint: str) -> str:
     fields += [
         ("RNG", "CPU" if plan.noise.generator_device == "cpu" else "GPU"),
         ("Noise fingerprint", fingerprint),
-        ("Backend", plan.backend.name + (f" {plan.backend.mode}" if plan.backend.mode else "")),
+        ("Backend", plan.backend.name + (f" {plan.backend.mode}" if plan.backend.mode else "")
+         + (f" {plan.backend.weights}" if plan.backend.weights != "full" else "")),
         ("Version", f"studio {plan.studio_version}"),
     ]
     # A1111 keeps <lora:name:weight> in the prompt: a slot's LoRA is written as its tag too, so other tools
@@ -262,8 +263,11 @@ def _map_fields(fields: dict[str, str], notes: list[str]) -> tuple[dict, str | N
         parts = fields["Backend"].split()
         if len(parts) == 1 and parts[0] == "torch":
             take("Backend", "backend", {"name": "torch"})
-        elif len(parts) == 2 and parts[0] == "openvino":
-            take("Backend", "backend", {"name": "openvino", "ov_mode": parts[1]})
+        elif parts == ["torch", "inductor"]:
+            take("Backend", "backend", {"name": "torch", "compile": "torch"})
+        elif len(parts) in (2, 3) and parts[0] == "openvino" and parts[2:] in ([], ["int8"]):
+            take("Backend", "backend", {"name": "openvino", "ov_mode": parts[1],
+                                        **({"ov_weights": "int8"} if parts[2:] else {})})
     # Hires fix (txt2img) writes its own Denoising strength beside its Hires fields: no input image then.
     image = {} if any(k.startswith("Hires ") for k in fields) else _read_image_fields(fields, used)
     if image.get("sha256") and image.get("mode") and is_valid_request(image=image):

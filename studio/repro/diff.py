@@ -116,6 +116,10 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
             a = a or "torch"  # plans made before the option ran it in PyTorch
         if there and a != b:
             add(field, a, b, "drift", f"use the same {field.split('.')[1]} as the preset ({a}) to reduce drift")
+    weights_there, weights_here = _get(there, "backend.weights") or "full", here.backend.weights
+    if there and weights_there != weights_here:
+        add("backend.weights", weights_there, weights_here, "different",
+            f"use the preset's OpenVINO weights here (--ov-weights {weights_there}): int8 weights change the image")
     for component in ("text", "unet", "vae"):
         a = _get(there, f"backend.precision.{component}")
         b = here.backend.precision.get(component)
@@ -141,5 +145,8 @@ def compare(preset: Preset, here: Plan, here_env: dict) -> dict:
     if env and low and env.get("cpu_flags") != here_env.get("cpu_flags"):
         add("made_on.cpu_flags", env.get("cpu_flags"), here_env.get("cpu_flags"), "drift",
             "performance mode picks its precision from CPU features (bf16 with avx512_bf16/AMX): use accuracy mode")
+    elif env and here.backend.mode == "inductor" and env.get("cpu_flags") != here_env.get("cpu_flags"):
+        add("made_on.cpu_flags", env.get("cpu_flags"), here_env.get("cpu_flags"), "drift",
+            "torch.compile generates kernels for this CPU's vector units: run eager torch (--compile none)")
     worst = max((EFFECT_ORDER[d.effect] for d in out), default=0)
     return {"expected": VERDICT[worst], "differences": [asdict(d) for d in out]}
