@@ -64,7 +64,7 @@ def test_compile_predictions_disk_cache_and_reload(compile_engine, tiny_request,
     short = engine.plan(compiled(tiny_request))
     assert short.compile.will_compile and "chunks 2→1" in short.compile.reason
     wider = engine.plan(compiled(tiny_request, width=72, chunk_policy="pad:2"))
-    assert wider.compile.will_compile and "resolution 64×64→72×72" in wider.compile.reason
+    assert wider.compile.will_compile and "resolution 64×64→72×64" in wider.compile.reason
 
     # 5. eager torch on the same seed: the verifier's verdict is within 1/255
     from studio.repro.compare import compare_arrays
