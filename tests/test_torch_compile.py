@@ -118,3 +118,19 @@ def test_an_lru_that_cannot_free_one_variant_evicts_all_but_the_new_one():
     assert [e["kind"] for e in events] == ["compile", "evict", "evict"]
     assert manager.cached == [str(sigs[2])]
     assert manager.predict(sigs[0]).reason.startswith("evicted earlier")
+
+
+def test_shrinking_the_torch_lru_drops_every_variant(tmp_path):
+    """Dynamo cannot free one graph: a smaller LRU that must drop one drops all, and says so for each."""
+    from studio.backends.torch_backend import TorchBackend
+
+    backend = TorchBackend(tmp_path, compile_cache_size=3)
+    sigs = [Signature(device="cpu", mode="inductor-fp32", batch=2, width=64 + 8 * i, height=64, chunks=1)
+            for i in range(3)]
+    for sig in sigs:
+        backend.manager.activate(sig, lambda s: {})
+    assert backend.resize_compile_cache(3) == []
+    events = backend.resize_compile_cache(2)
+    assert sorted(e["signature"] for e in events) == sorted(str(s) for s in sigs)
+    assert backend.manager.cached == [] and backend.manager.capacity == 2
+    assert backend.manager.predict(sigs[2]).will_compile

@@ -224,7 +224,8 @@ class OpenVINOBackend:
         compiled = "fp32" if mode == "accuracy" else _precision_name(
             self.core.get_property(device, "INFERENCE_PRECISION_HINT"))
         return ResolvedBackend(name=self.name, device=device, mode=mode, text_encoder=request.backend.text_encoder,
-                               weights=request.backend.ov_weights, precision={"text": compiled if on_ov else asked.text, "unet": compiled,
+                               weights=request.backend.ov_weights,
+                               precision={"text": compiled if on_ov else asked.text, "unet": compiled,
                                           "vae": compiled})
 
     def generator_device(self, resolved: ResolvedBackend) -> str:
@@ -257,8 +258,9 @@ class OpenVINOBackend:
                               f"({self._int8_expect(model)})"})
             return prediction
         if key and self._find_ir(model) is not None:
-            return prediction.model_copy(update={"export": f"the LoRA set's weights ({label}) written into a copy "
-                                                           f"of the model's IR first (no export, under a second){compress}"})
+            return prediction.model_copy(update={
+                "export": f"the LoRA set's weights ({label}) written into a copy of the model's IR first (no export, "
+                          f"under a second){compress}"})
         what = f"for the LoRA set {label}" if key else "of the model"
         last = self._export_seconds.get(model)
         expect = (f"~{last:.1f} s, as this model's last export" if last is not None else

@@ -300,6 +300,15 @@ class TorchBackend:
         info["blob_cache"] = str(self.blobs.root)
         return info
 
+    def resize_compile_cache(self, capacity: int) -> list[dict]:
+        """A new LRU size; past it every variant goes (dynamo cannot free one alone, so none is kept half-freed)."""
+        if len(self.manager.cached) <= capacity:
+            return self.manager.resize(capacity)
+        events = [{"kind": "evict", "signature": sig, "reason": f"LRU holds {capacity}", "seconds": 0.0}
+                  for sig in self.drop_compile_cache()["dropped"]]
+        self.manager.resize(capacity)
+        return events
+
     def drop_compile_cache(self, disk: bool = False) -> dict:
         """Forget every compiled graph (dynamo's cache is process-wide: all go together); with ``disk``, inductor's
         code on disk too. The engine calls this only between runs."""

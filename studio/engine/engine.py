@@ -593,6 +593,8 @@ class Engine:
         self.config = self.config.model_copy(update={"compile_cache_size": size})
         events = []
         for backend in self._backends.values():
-            if hasattr(backend, "manager"):
+            if hasattr(backend, "resize_compile_cache"):
+                events += backend.resize_compile_cache(size)
+            elif hasattr(backend, "manager"):
                 events += backend.manager.resize(size)
         return events

@@ -72,8 +72,8 @@ def assess(request: GenerationRequest, backend: ResolvedBackend, model: ModelInf
             code="torch_compile",
             why="torch.compile (inductor) fuses and reorders the UNet's and VAE decoder's arithmetic: the image drifts "
                 "from eager torch (measured here: max 1.0e-6 of the 0..1 range on tiny, within 1/255; "
-                f"{COMPILE_DRIFT_SD15}) and between CPUs with other vector units; a compile reloaded from the disk cache "
-                "gives the same pixels as the first",
+                f"{COMPILE_DRIFT_SD15}) and between CPUs with other vector units; a compile reloaded from the disk "
+                "cache gives the same pixels as the first",
             fix=_fix("run eager torch", "Advanced › torch.compile: none", "--compile none"),
         ))
     if backend.weights == "int8":
