@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 
 def ov(tiny_request, weights="full", **overrides):
@@ -143,7 +142,8 @@ def test_stages_are_timed_and_the_model_is_loaded_once(config, tiny_request, mon
     engine = Engine(config)
     loads = []
     original = engine.registry.load
-    monkeypatch.setattr(engine.registry, "load", lambda source: loads.append(source.name) or original(source))
+    monkeypatch.setattr(engine.registry, "load",
+                        lambda source, **kw: loads.append(source.name) or original(source, **kw))
     first = engine.run(engine.plan(tiny_request(steps=2, seed=3)))
     second = engine.run(engine.plan(tiny_request(steps=2, seed=4, prompt="another prompt")))
     assert loads == ["tiny"]  # the second job reuses the pipeline: no second load, no second copy
@@ -168,3 +168,21 @@ def test_the_cli_prints_the_stages_and_the_time_to_the_first_image(tmp_path):
     start = doc["start"]
     assert start["first_image_since_process_start_s"] >= doc["timings"]["total_s"] > 0
     assert start["stages"][0]["stage"] == "loading the model" and start["load_s"] > 0
+
+
+def test_openvino_with_its_ir_on_disk_loads_only_the_text_encoder(config, tiny_request, monkeypatch):
+    """A second start of an exported model reads the UNet and VAE from the IR only: PyTorch loads the text
+    encoder alone, not a second copy of the weights."""
+    from studio.engine.engine import Engine
+
+    engine = Engine(config)
+    first = engine.run(engine.plan(ov(tiny_request, steps=1, seed=8)))  # exports the IR if this session has none
+    engine.unload()
+    loads = []
+    original = engine.registry.load
+    monkeypatch.setattr(engine.registry, "load",
+                        lambda source, **kw: loads.append(kw.get("text_only", False)) or original(source, **kw))
+    again = engine.run(engine.plan(ov(tiny_request, steps=1, seed=8)))
+    assert loads == [True]
+    assert again.timings["stages"][0]["stage"] == "loading the model's text encoder"
+    np.testing.assert_array_equal(again.images, first.images)

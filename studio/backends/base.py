@@ -110,6 +110,9 @@ class Backend(Protocol):
                  inputs=None) -> BackendOutput:
         """Run the plan from the given initial latents; per-step noise comes from ``generators``.
 
+        ``load_pipeline()`` loads the model's diffusers pipeline (a fresh fp32 CPU copy);
+        ``load_pipeline(text_only=True)`` one without its UNet and VAE.
+
         With an input image (``plan.image``), ``inputs`` holds its pixels (engine/image_modes.Prepared) and
         ``generators`` are fresh: the pipeline draws the noise itself, equal to ``latents`` (image_inputs.py).
 

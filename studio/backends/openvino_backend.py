@@ -384,14 +384,16 @@ class OpenVINOBackend:
         from optimum.intel import OVStableDiffusionPipeline, OVStableDiffusionXLPipeline
 
         cls = OVStableDiffusionXLPipeline if plan.model.family == "sdxl" else OVStableDiffusionPipeline
-        torch_pipe = load_torch()
+        ir = self._ir_dir(plan.model.sha256, lora_key)
+        base = self._ir_dir(plan.model.sha256)
+        # With the IR on disk and no LoRA to fuse, PyTorch runs only the text encoder: its UNet and VAE are not
+        # loaded at all (they would be a second copy of the weights the IR holds, read for nothing).
+        torch_pipe = load_torch(text_only=not plan.loras and (ir / "model_index.json").is_file())
         changed = {}
         if plan.loras:
             # Always, not only before an export: the PyTorch text encoder runs from this pipeline too.
             hooks.stage(f"fusing the LoRA set ({label}) into the model")
             changed = self._fuse_loras(torch_pipe, plan.loras, loras or {})
-        ir = self._ir_dir(plan.model.sha256, lora_key)
-        base = self._ir_dir(plan.model.sha256)
         what = f"the model with the LoRA set ({label})" if plan.loras else "the model"
         written = None
         if plan.loras and not (ir / "model_index.json").is_file() and (base / "model_index.json").is_file():

@@ -411,13 +411,13 @@ class Engine:
         load_s = 0.0
         first_step_at: list[float] = []
 
-        def load():
+        def load(text_only: bool = False):
             nonlocal load_s
-            stages.begin("loading the model")
+            stages.begin("loading the model's text encoder" if text_only else "loading the model")
             t = time.perf_counter()
             # A fresh CPU fp32 copy each time a backend asks: backends cache what they prepared
             # (moved, cast, compiled), and a cast must never leak into another precision's run.
-            pipe = self.registry.load(self.registry.resolve(plan.request.model))
+            pipe = self.registry.load(self.registry.resolve(plan.request.model), text_only=text_only)
             load_s = time.perf_counter() - t
             return pipe
 

@@ -171,17 +171,18 @@ class ModelRegistry:
             quiet_libraries()
             demo.build(source.name, source.path, self.cache_dir)
 
-    def load(self, source: ModelSource):
-        """The diffusers pipeline for ``source`` on CPU in fp32, loaded with no network access.
+    def load(self, source: ModelSource, text_only: bool = False):
+        """The diffusers pipeline for ``source`` on CPU in fp32, loaded with no network access; with
+        ``text_only``, without its UNet and VAE (a backend that runs those from elsewhere: OpenVINO's IR).
 
         Weights are copied into memory of their own: a memory-mapped safetensors tensor may sit at an
         address only 8-byte aligned, and CPU matmul kernels then round differently (~5e-7 seen with
         bit-identical weights), so the image would depend on the file's layout, not only its values.
         """
         quiet_libraries()
-        return _own_memory(self._load(source))
+        return _own_memory(self._load(source, {"unet": None, "vae": None} if text_only else {}))
 
-    def _load(self, source: ModelSource):
+    def _load(self, source: ModelSource, without: dict):
         import diffusers
 
         self.ensure_built(source)
@@ -196,7 +197,8 @@ class ModelRegistry:
             safe_only = {} if self.allow_unsafe_pickle else {"use_safetensors": True}
             try:
                 with _quiet_diffusers():
-                    return cls.from_pretrained(str(source.path), local_files_only=True, **safe_only, **extra)
+                    return cls.from_pretrained(str(source.path), local_files_only=True, **safe_only, **extra,
+                                               **without)
             except (OSError, ValueError, RuntimeError, EnvironmentError) as exc:
                 pickles = sorted(p.relative_to(source.path).as_posix() for p in source.path.rglob("*")
                                  if p.suffix.lower() in PICKLE_SUFFIXES)
@@ -207,7 +209,7 @@ class ModelRegistry:
         config = source.config or families.config_dir(source.family, self.cache_dir)
         cls = diffusers.StableDiffusionXLPipeline if source.family == "sdxl" else diffusers.StableDiffusionPipeline
         try:
-            return cls.from_single_file(str(source.path), config=str(config), local_files_only=True)
+            return cls.from_single_file(str(source.path), config=str(config), local_files_only=True, **without)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise StudioError(f"cannot load {source.path.name} as {source.family}: {_first_line(exc)}") from None
 
