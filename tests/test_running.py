@@ -84,7 +84,9 @@ def test_openvino_first_run_exports_a_stop_keeps_the_ir_then_runs_compile_once(f
     assert len(irs) == 1 and (irs[0] / "model_index.json").is_file()  # complete, no temp folder beside it
     assert not (tmp_path / "out").exists()
     stages, first = recorded(engine, plan, stop=threading.Event())
-    assert stages == ["loading the model", "compiling UNet and VAE decoder for 64×64, 1 chunk (accuracy mode on CPU)",
+    # the IR is on disk now: PyTorch loads only the text encoder
+    assert stages == ["loading the model's text encoder",
+                      "compiling UNet and VAE decoder for 64×64, 1 chunk (accuracy mode on CPU)",
                       "image 1 of 1", "decoding"], stages
     assert "openvino: IR loaded from cache (no export)" in first.notes
     assert [e["kind"] for e in first.compile_events] == ["compile"]
