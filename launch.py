@@ -101,6 +101,14 @@ def ensure_browser() -> None:
               "the browser tests will fail", flush=True)
 
 
+def _parallel(args: list[str]) -> list[str]:
+    """Two test processes, one per test file at a time, unless the caller chose: most tests run tiny models whose
+    time is Python on one core, so a second process uses the second core (measured: 31 min → 22 min on 2 cores)."""
+    if any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) for a in args) or "no:xdist" in args:
+        return []
+    return ["-n", "2", "--dist", "loadfile"]
+
+
 def main(argv: list[str]) -> int:
     if not _inside_venv():
         ensure_installed()
@@ -112,7 +120,7 @@ def main(argv: list[str]) -> int:
 
         os.chdir(ROOT)
         ensure_browser()
-        return pytest.main(["-q", *argv[1:]], plugins=[])
+        return pytest.main(["-q", *_parallel(argv[1:]), *argv[1:]], plugins=[])
     from studio.ui.server import main as serve
 
     return serve(argv)

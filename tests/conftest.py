@@ -5,6 +5,10 @@ import socket
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes share the cores: OpenMP threads that spin while they wait would take the other
+    # process's time (bench/render.py measured 5x slower with spinning workers).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")
@@ -143,3 +147,16 @@ def make_picture(width: int, height: int, seed: int = 0):
     g = 127 + 120 * np.cos(y / max(height, 1) * 6.28 + rs.rand() * 6)
     b = np.where((x - width / 2) ** 2 + (y - height / 2) ** 2 < (min(width, height) / 3) ** 2, 220.0, 40.0)
     return Image.fromarray(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))
+
+
+# The files that take minutes (exports, compiles, worker processes), longest first. Under launch.py --test two
+# processes take files in collection order; starting these first keeps one process from running a long file
+# alone at the end while the other has nothing left.
+SLOW_FIRST = ("test_render.py", "test_torch_compile.py", "test_openvino.py", "test_openvino_modes.py",
+              "test_running.py", "test_openvino_image.py", "test_faults.py", "test_browser.py", "test_speed_paths.py",
+              "test_app.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: file order within a rank
