@@ -160,3 +160,20 @@ SLOW_FIRST = ("test_render.py", "test_torch_compile.py", "test_openvino.py", "te
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: file order within a rank
+
+
+@pytest.fixture
+def say(request):
+    """Report a measured line (a precision that ran, a drift, a compile time) in the run's summary. Printing
+    from a test is lost under launch.py --test's two processes; a report's user_properties come back."""
+    return lambda line: request.node.user_properties.append(("said", line))
+
+
+def pytest_terminal_summary(terminalreporter):
+    said = [value for reports in terminalreporter.stats.values() for report in reports
+            if getattr(report, "when", None) == "call"
+            for name, value in getattr(report, "user_properties", ()) if name == "said"]
+    if said:
+        terminalreporter.section("what the tests measured")
+        for line in said:
+            terminalreporter.write_line(line)

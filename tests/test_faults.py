@@ -480,7 +480,7 @@ KILLS = 21
 PAUSES = [0.0, 0.0, 20e-6, 100e-6, 0.0, 400e-6, 1e-3, 3e-3, 0.0, 10e-3, 30e-3, 0.1, 0.3]
 
 
-def test_sigkill_while_writing_leaves_only_whole_images(zygote, tmp_path, capsys):
+def test_sigkill_while_writing_leaves_only_whole_images(zygote, tmp_path, say):
     out = tmp_path / "out"
     out.mkdir()
     prompts = tmp_path / "prompts.txt"
@@ -582,11 +582,10 @@ def test_sigkill_while_writing_leaves_only_whole_images(zygote, tmp_path, capsys
     assert last_run <= {e.path for e in listed}
     hit = sum(bool(k["temp_left"]) for k in kills if "after_write" in k)
     traced = sum("at_syscall" in k for k in kills)
-    with capsys.disabled():
-        print(f"\n[sigkill] {len(kills)} kills ({KILLS} timed by inotify, {traced} by strace at fchmod/link; "
-              f"{finished} run(s) ended before their kill); {len(saved)} whole images kept; {hit} timed kill(s) "
-              f"left a temp file; {len(left_by_kills)} temp file(s) of dead writers before the last run, none after"
-              + ("" if traced else " (no strace here: the kills inside a write were left to timing)"))
+    say(f"[sigkill] {len(kills)} kills ({KILLS} timed by inotify, {traced} by strace at fchmod/link; "
+        f"{finished} run(s) ended before their kill); {len(saved)} whole images kept; {hit} timed kill(s) "
+        f"left a temp file; {len(left_by_kills)} temp file(s) of dead writers before the last run, none after"
+        + ("" if traced else " (no strace here: the kills inside a write were left to timing)"))
 
 
 def test_temp_files_of_dead_writers_are_removed_and_of_live_ones_kept(tmp_path):

@@ -41,7 +41,7 @@ def test_accuracy_mode_matches_torch_fp32(ov_engine, tiny_request):
     assert any("ran in fp32 (accuracy mode on CPU)" in n for n in result.notes)
 
 
-def test_performance_mode_runs_and_reports_its_precision(ov_engine, tiny_request, capsys):
+def test_performance_mode_runs_and_reports_its_precision(ov_engine, tiny_request, say):
     import openvino
 
     expected = str(openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
@@ -53,8 +53,7 @@ def test_performance_mode_runs_and_reports_its_precision(ov_engine, tiny_request
     assert {"bf16": "bf16", "fp16": "f16", "fp32": "f32"}[ran] in expected.replace("float", "f").replace("bfloat16", "bf16")
     assert np.isfinite(result.images).all()
     assert any(f"ran in {ran} (performance mode on CPU)" in n for n in result.notes)
-    with capsys.disabled():
-        print(f"\n[precision] OpenVINO performance mode ran in {ran} on this CPU, after accuracy-mode runs")
+    say(f"[precision] OpenVINO performance mode ran in {ran} on this CPU, after accuracy-mode runs")
 
 
 def test_crossing_75_tokens_compiles_once_then_hits(ov_engine, tiny_request):

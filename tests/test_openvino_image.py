@@ -45,20 +45,15 @@ def against_torch(engine, tiny_request, inputs, mode, model="tiny", **extra):
     return plan, reference, engine.run(plan), engine.run(plan)
 
 
-def report(capsys, line):
-    with capsys.disabled():
-        print(f"\n[ov-image] {line}")
-
-
 @pytest.mark.parametrize("model,mode", [("tiny", "vary-subtle"), ("tiny", "inpaint"), ("tiny-sdxl", "vary-subtle")])
-def test_matches_torch_fp32_and_repeats(ov_engine, tiny_request, inputs, model, mode, capsys):
+def test_matches_torch_fp32_and_repeats(ov_engine, tiny_request, inputs, model, mode, say):
     plan, reference, first, again = against_torch(ov_engine, tiny_request, inputs, mode, model)
     expected = {"vary-subtle": ("image-to-image", ":img2img"),
                 "inpaint": ("latent mask blending (4-channel UNet)", ":inpaint")}[mode]
     assert plan.image.method == expected[0] and plan.compile.signature.endswith(expected[1])
     assert [e["signature"] for e in first.compile_events] == [plan.compile.signature]
     diff = float(np.abs(first.images - reference.images).max())
-    report(capsys, f"{model} {mode}: OpenVINO accuracy vs torch fp32 max abs diff {diff:.3g}")
+    say(f"[ov-image] {model} {mode}: OpenVINO accuracy vs torch fp32 max abs diff {diff:.3g}")
     assert diff <= TOLERANCE, diff
     assert np.array_equal(first.images, again.images)
     assert first.fingerprints == again.fingerprints == reference.fingerprints
@@ -110,11 +105,11 @@ def test_task_and_input_size_changes_are_predicted_in_the_words_the_run_reports(
     assert np.array_equal(rerun.images, painted.images)
 
 
-def test_nine_channel_inpaint_model_runs_on_openvino(ov_engine, tiny_request, inputs, tiny_inpaint, capsys):
+def test_nine_channel_inpaint_model_runs_on_openvino(ov_engine, tiny_request, inputs, tiny_inpaint, say):
     plan, reference, first, again = against_torch(ov_engine, tiny_request, inputs, "inpaint", tiny_inpaint)
     assert plan.image.method == "inpaint UNet (9 channels)" and plan.compile.signature.endswith(":inpaint9")
     diff = float(np.abs(first.images - reference.images).max())
-    report(capsys, f"tiny-inpaint (9-channel UNet) inpaint: OpenVINO accuracy vs torch fp32 max abs diff {diff:.3g}")
+    say(f"[ov-image] tiny-inpaint (9-channel UNet) inpaint: OpenVINO accuracy vs torch fp32 max abs diff {diff:.3g}")
     assert diff <= TOLERANCE, diff
     assert np.array_equal(first.images, again.images)
     keep = np.asarray(inputs["mask"]) == 0

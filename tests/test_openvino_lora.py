@@ -67,16 +67,15 @@ def runs(ov_engine, config):
     return out
 
 
-def test_lora_on_openvino_matches_torch(runs, capsys):
+def test_lora_on_openvino_matches_torch(runs, say):
     _, ov_result, _ = runs["lora"]
     _, torch_result, _ = runs["torch_lora"]
     _, base, _ = runs["base"]
     diff = float(np.abs(ov_result.images - torch_result.images).max())
     moved = float(np.abs(ov_result.images - base.images).max())
-    with capsys.disabled():
-        print(f"\n[lora] OpenVINO accuracy vs torch with a LoRA: max abs diff {diff:.2e} (the LoRA moves the "
-              f"image by {moved:.3f}); export {export_seconds(base)} s base; the LoRA set's IR: weights written "
-              f"into a copy of the base IR in {weights_seconds(ov_result)} s (no export)")
+    say(f"[lora] OpenVINO accuracy vs torch with a LoRA: max abs diff {diff:.2e} (the LoRA moves the "
+        f"image by {moved:.3f}); export {export_seconds(base)} s base; the LoRA set's IR: weights written "
+        f"into a copy of the base IR in {weights_seconds(ov_result)} s (no export)")
     assert moved > 1e-2  # the LoRA is really applied
     assert diff <= 1e-4, diff
 

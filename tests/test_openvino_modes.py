@@ -116,7 +116,7 @@ SWITCHES = [("accuracy", "tiny", 64), ("performance", "tiny", 64), ("accuracy", 
             ("accuracy", "tiny", 72), ("performance", "tiny", 64), ("accuracy", "tiny", 64)]
 
 
-def test_switches_in_one_process_match_a_fresh_process(fresh_cache, tiny_request, tmp_path, capsys):
+def test_switches_in_one_process_match_a_fresh_process(fresh_cache, tiny_request, tmp_path, say):
     precision, why = cpu_precision()
     engine = new_engine(fresh_cache(), tmp_path)
     runs: dict[tuple, list] = {}
@@ -146,8 +146,7 @@ def test_switches_in_one_process_match_a_fresh_process(fresh_cache, tiny_request
     drift = float(np.abs(runs[("performance", "tiny", 64)][0].images - runs[("accuracy", "tiny", 64)][0].images).max())
     if precision == "bf16":
         assert 0 < drift <= 0.05, drift
-    with capsys.disabled():
-        print(f"\n[precision] {why}; performance vs accuracy max abs diff {drift:.3g}")
+    say(f"[precision] {why}; performance vs accuracy max abs diff {drift:.3g}")
 
 
 def test_bf16_performance_after_accuracy_is_finite_and_fast_precision(fresh_cache, tiny_request, tmp_path):

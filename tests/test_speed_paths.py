@@ -15,7 +15,7 @@ def ov(tiny_request, weights="full", **overrides):
 
 
 # -- int8 weights ------------------------------------------------------------------------------------------------
-def test_int8_weights_are_a_separate_ir_predicted_with_their_risk(config, tiny_request, capsys):
+def test_int8_weights_are_a_separate_ir_predicted_with_their_risk(config, tiny_request, say):
     from studio.engine.engine import Engine
 
     engine = Engine(config)
@@ -45,8 +45,7 @@ def test_int8_weights_are_a_separate_ir_predicted_with_their_risk(config, tiny_r
     # the full weights are untouched: their next run is a hit and the same pixels
     again = engine.run(engine.plan(ov(tiny_request, seed=21)))
     np.testing.assert_array_equal(again.images, full.images)
-    with capsys.disabled():
-        print(f"\n[int8] tiny: int8 UNet weights {int8_bin / full_bin:.2f} of fp32; max abs diff vs full {diff:.3g}")
+    say(f"[int8] tiny: int8 UNet weights {int8_bin / full_bin:.2f} of fp32; max abs diff vs full {diff:.3g}")
 
 
 # -- memory: one model at a time ------------------------------------------------------------------------------
@@ -100,7 +99,7 @@ def _big_model(folder, seed: int) -> int:
     return sum(p.numel() * 4 for p in unet.parameters())
 
 
-def test_loading_a_second_model_frees_the_first(config, tmp_path, capsys):
+def test_loading_a_second_model_frees_the_first(config, tmp_path, say):
     models = tmp_path / "models"
     size = _big_model(models / "big-a", 1)
     _big_model(models / "big-b", 2)
@@ -112,9 +111,8 @@ def test_loading_a_second_model_frees_the_first(config, tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-3000:]
     first, second, third = json.loads(proc.stdout.strip().splitlines()[-1])
     margin = 0.5 * size / 2**20  # far below a second copy of the weights (measured without the fix: +1.3 copies)
-    with capsys.disabled():
-        print(f"\n[memory] peak after model A {first:.0f} MiB, after B {second:.0f} MiB, after A again "
-              f"{third:.0f} MiB (weights {size / 2**20:.0f} MiB each)")
+    say(f"[memory] peak after model A {first:.0f} MiB, after B {second:.0f} MiB, after A again "
+        f"{third:.0f} MiB (weights {size / 2**20:.0f} MiB each)")
     assert second <= first + margin, (first, second, size)
     assert third <= first + margin, (first, third, size)
 

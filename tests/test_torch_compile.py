@@ -56,7 +56,7 @@ def compile_engine(config, tmp_path_factory):
     return Engine(config.model_copy(update={"cache_dir": cache}))
 
 
-def test_compile_predictions_disk_cache_and_reload(compile_engine, tiny_request, tmp_path, capsys):
+def test_compile_predictions_disk_cache_and_reload(compile_engine, tiny_request, tmp_path, say):
     engine = compile_engine
     # 1. predicted before anything ran, with the risk
     plan = engine.plan(compiled(tiny_request, chunk_policy="pad:2"))
@@ -115,10 +115,9 @@ def test_compile_predictions_disk_cache_and_reload(compile_engine, tiny_request,
     again = np.asarray(Image.open(job["images"][0]["path"]).convert("RGB"))
     np.testing.assert_array_equal(again, np.asarray(first.pil_images()[0]))
     assert [s["stage"] for s in job["timings"]["stages"]][0] == "loading the model"
-    with capsys.disabled():
-        print(f"\n[torch.compile] cold compile {first.compile_events[0]['seconds']:.1f} s, reload from disk "
-              f"{job['compile_events'][0]['seconds']:.1f} s; vs eager: {verdict.verdict}, "
-              f"max {verdict.max_abs_diff:.2g}")
+    say(f"[torch.compile] cold compile {first.compile_events[0]['seconds']:.1f} s, reload from disk "
+        f"{job['compile_events'][0]['seconds']:.1f} s; vs eager: {verdict.verdict}, "
+        f"max {verdict.max_abs_diff:.2g}")
 
 
 def test_compile_torch_is_refused_on_openvino_and_int8_on_torch(engine, tiny_request):
