@@ -36,3 +36,14 @@ def test_listen_without_auth_is_warned_with_the_address():
     assert warning.startswith("warning: listening on 0.0.0.0:7865 with no login") and "--auth" in warning
     assert listen_warning("192.168.1.5", 7000, [("u", "p")]) is None  # a login is asked for
     assert listen_warning("127.0.0.1", 7865, []) is None  # this machine only
+
+
+def test_the_suite_runs_in_two_processes_unless_the_caller_chose():
+    sys.path.insert(0, str(ROOT))
+    try:
+        import launch
+    finally:
+        sys.path.remove(str(ROOT))
+    assert launch._parallel(["tests/test_cli.py", "-x"]) == ["-n", "2", "--dist", "loadfile"]
+    for chosen in (["-n", "0"], ["-n4"], ["--numprocesses=3"], ["-p", "no:xdist"], ["--dist", "load"]):
+        assert launch._parallel(chosen) == [], chosen
