@@ -104,7 +104,7 @@ def ensure_browser() -> None:
 def _parallel(args: list[str]) -> list[str]:
     """Two test processes, one per test file at a time, unless the caller chose: most tests run tiny models whose
     time is Python on one core, so a second process uses the second core (measured on 2 cores: 31 min → 23 min)."""
-    if any(a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) for a in args) or "no:xdist" in args:
+    if any(a.startswith(("-n", "--numprocesses", "--dist")) for a in args) or "no:xdist" in args:
         return []
     return ["-n", "2", "--dist", "loadfile"]
 
